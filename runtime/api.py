@@ -1,0 +1,101 @@
+"""The ``things`` object: the whole API a program sees.
+
+It is a thin facade over the program's :class:`~runtime.program.ProgramHost`; programs
+reach it as the global ``things`` or with ``import things``.  ``print`` and
+``__import__`` in the program's private builtins are methods of this object too, so the
+snapshot encoder can name all of them by import path.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .program import ProgramHost
+
+
+class ProgramExit(BaseException):
+    """Raised by ``things.exit()``; a BaseException so ``except Exception`` won't swallow it."""
+
+    def __init__(self, code: int = 0) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class Things:
+    """Timers, pub/sub, the program clock and identity (times in seconds)."""
+
+    __slots__ = ("_host",)
+
+    def __init__(self, host: ProgramHost) -> None:
+        self._host = host
+
+    @property
+    def code_name(self) -> str:
+        return self._host.code_name
+
+    @property
+    def instance_id(self) -> str:
+        return self._host.instance_id
+
+    def set_timeout(self, callback: Callable[..., Any], delay: float, *args: Any) -> int:
+        """Call ``callback(*args)`` once, ``delay`` seconds from now."""
+        return self._host.add_timer(callback, delay, None, args)
+
+    def set_interval(self, callback: Callable[..., Any], period: float, *args: Any) -> int:
+        """Call ``callback(*args)`` every ``period`` seconds (first call after one period)."""
+        return self._host.add_timer(callback, period, period, args)
+
+    def set_immediate(self, callback: Callable[..., Any], *args: Any) -> int:
+        """Call ``callback(*args)`` on the next loop turn."""
+        return self._host.add_timer(callback, 0.0, None, args)
+
+    def clear_timer(self, timer_id: int) -> None:
+        """Cancel a timer; unknown or already fired ids are ignored."""
+        self._host.clear_timer(timer_id)
+
+    def subscribe(self, topic: str, callback: Callable[[str, Any], Any]) -> None:
+        """Call ``callback(topic, payload)`` for every message matching ``topic`` (+ and #)."""
+        self._host.subscribe(topic, callback)
+
+    def unsubscribe(self, topic: str, callback: Callable[[str, Any], Any] | None = None) -> None:
+        """Remove one callback from ``topic``, or all of them when ``callback`` is None."""
+        self._host.unsubscribe(topic, callback)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        """Publish a JSON-serialisable value or bytes."""
+        self._host.publish(topic, payload)
+
+    def now(self) -> float:
+        """The program clock: the due time of the event being handled."""
+        return self._host.program_time()
+
+    def exit(self, code: int = 0) -> None:
+        """End the program after this callback."""
+        raise ProgramExit(code)
+
+    # -- hooks installed in the program's builtins ---------------------------------
+    def _print(self, *args: Any, sep: str | None = " ", end: str | None = "\n",
+               file: Any = None, flush: bool = False) -> None:
+        if file is not None and file is not sys.stdout and file is not sys.stderr:
+            builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
+            return
+        sep = " " if sep is None else sep
+        end = "\n" if end is None else end
+        self._host.write_console(sep.join(map(str, args)) + end)
+
+    def _import(self, name: str, globals: Any = None, locals: Any = None,
+                fromlist: Any = (), level: int = 0) -> Any:
+        if name == "things" and level == 0:
+            return self
+        return builtins.__import__(name, globals, locals, fromlist, level)
+
+    def make_builtins(self) -> dict[str, Any]:
+        """The program's private builtins: the real ones plus print, import and ``things``."""
+        table = dict(builtins.__dict__)
+        table["print"] = self._print
+        table["__import__"] = self._import
+        table["things"] = self
+        return table

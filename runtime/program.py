@@ -1,0 +1,497 @@
+"""ProgramHost: one program instance on an event loop driven by an injected clock.
+
+The host is a state machine in the style of h11: it never sleeps, spawns nothing and
+touches no socket.  It keeps the program's event queue in *program time* (a clock that
+advances only while the program runs) and asks the injected clock to wake it when the
+next event is due.  Between two events -- a loop boundary -- it can be paused, snapshotted
+and restored elsewhere; the program itself is plain, uninstrumented Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import linecache
+import math
+import time
+import traceback
+import uuid
+from enum import Enum
+from typing import Any, Callable, Optional
+
+from .api import ProgramExit, Things
+from .clock import Clock
+from .snapshot import document
+from .snapshot.decoder import GraphDecoder
+from .snapshot.encoder import PROGRAM_MODULE, GraphEncoder
+from .snapshot.errors import RestoreError, SnapshotError
+from .snapshot.sites import SiteIndex
+from .topics import topic_matches, validate_filter, validate_topic
+
+_TIMER, _MESSAGE = 0, 1
+#: events due within this much of a horizon still run (absorbs float rounding of splits)
+HORIZON_EPSILON = 1e-9
+
+
+class ProgramStatus(str, Enum):
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    EXITED = "Exited"
+    CRASHED = "Crashed"
+
+
+class _Timer:
+    __slots__ = ("id", "callback", "args", "period", "due", "seq")
+
+    def __init__(self, timer_id: int, callback: Callable[..., Any], args: tuple,
+                 period: Optional[float], due: float, seq: int) -> None:
+        self.id = timer_id
+        self.callback = callback
+        self.args = args
+        self.period = period
+        self.due = due
+        self.seq = seq
+
+
+def encode_payload(payload: Any) -> bytes:
+    """What travels on the wire: bytes as they are, anything else as compact JSON."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"payload must be bytes or JSON-serialisable: {exc}") from None
+
+
+def decode_payload(data: bytes) -> Any:
+    """What a subscriber receives: the JSON value if the bytes are UTF-8 JSON, else bytes."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return data
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class ProgramHost:
+    """Runs one program instance; see the module docstring."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        clock: Clock,
+        code_name: str = "program",
+        instance_id: str | None = None,
+        filename: str | None = None,
+        publish: Callable[[str, bytes], None] = _noop,
+        console: Callable[[str], None] = _noop,
+        on_status: Callable[[ProgramHost], None] = _noop,
+        on_subscriptions: Callable[[ProgramHost], None] = _noop,
+        start_time: float = 0.0,
+    ) -> None:
+        self.source = source
+        self.code_name = code_name
+        self.instance_id = instance_id or f"{code_name}.{uuid.uuid4().hex[:12]}"
+        self.filename = filename or f"<things:{code_name}>"
+        self._code = compile(source, self.filename, "exec", dont_inherit=True)
+        self._sites = SiteIndex(self._code)
+        linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
+                                          self.filename)
+        self._clock = clock
+        self._publish_hook = publish
+        self._console_hook = console
+        self._status_hook = on_status
+        self._subscriptions_hook = on_subscriptions
+
+        self.api = Things(self)
+        self._builtins = self.api.make_builtins()
+        self.globals: dict[str, Any] = {"__builtins__": self._builtins,
+                                        "__name__": PROGRAM_MODULE, "__doc__": None}
+        self.status: ProgramStatus | None = None
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.events_run = 0
+        self.cpu_time = 0.0
+
+        self._queue: list[tuple] = []  # (due, seq, kind, ref): timers and messages
+        self._timers: dict[int, _Timer] = {}
+        self._subs: list[tuple[str, Callable[..., Any]]] = []
+        self._queued_messages = 0
+        self._seq = 0
+        self._next_timer_id = 1
+        self._time = float(start_time)  # program time of the current / last event
+        self._prog_base = self._time  # program time at _clock_base
+        self._clock_base = clock.now()
+        self._in_callback = False
+        self._wake: Any = None
+        self._wake_due: float | None = None
+        self._horizon: float | None = None
+
+    # ================================================================= lifecycle
+    def start(self) -> ProgramHost:
+        """Run the program's top level once, then let its callbacks run."""
+        if self.status is not None:
+            raise RuntimeError("program already started")
+        self._set_status(ProgramStatus.RUNNING)
+        self._call(exec, (self._code, self.globals))
+        self._after_event()
+        return self
+
+    def pause(self, at: float | None = None) -> None:
+        """Stop timers and message delivery (messages queue up); the program clock stops.
+
+        ``at`` fixes the program time at which it stops (used to stop exactly at a horizon).
+        """
+        if self.status is not ProgramStatus.RUNNING:
+            return
+        self._time = self.program_time() if at is None else max(self._time, float(at))
+        self._cancel_wake()
+        self._set_status(ProgramStatus.PAUSED)
+
+    def resume(self) -> None:
+        """Continue with the remaining times of every timer and the queued messages."""
+        if self.status is not ProgramStatus.PAUSED:
+            return
+        self._prog_base, self._clock_base = self._time, self._clock.now()
+        self._set_status(ProgramStatus.RUNNING)
+        self._after_event()
+
+    def kill(self) -> None:
+        """Stop the program for good (status Exited, no exit code)."""
+        if self.status in (ProgramStatus.EXITED, ProgramStatus.CRASHED):
+            return
+        self._finish(ProgramStatus.EXITED, None)
+
+    def set_horizon(self, program_time: float | None) -> None:
+        """Run no event due after ``program_time`` (None: no limit)."""
+        self._horizon = program_time
+        self._cancel_wake()
+        self._arm()
+
+    @property
+    def alive(self) -> bool:
+        return self.status in (ProgramStatus.RUNNING, ProgramStatus.PAUSED)
+
+    @property
+    def filters(self) -> list[str]:
+        """Topic filters the program is subscribed to, in subscription order, no repeats."""
+        return list(dict.fromkeys(f for f, _ in self._subs))
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._timers) + self._queued_messages
+
+    def next_due(self) -> float | None:
+        head = self._peek()
+        return None if head is None else head[0]
+
+    def program_time(self) -> float:
+        if self._in_callback or self.status is not ProgramStatus.RUNNING:
+            return self._time
+        estimate = self._prog_base + (self._clock.now() - self._clock_base)
+        return max(self._time, estimate)
+
+    # ================================================================= API backends
+    def add_timer(self, callback: Callable[..., Any], delay: float,
+                  period: Optional[float], args: tuple) -> int:
+        if not callable(callback):
+            raise TypeError(f"timer callback must be callable, got {type(callback).__name__}")
+        delay = float(delay)
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"timer delay must be a finite number >= 0, got {delay!r}")
+        if period is not None and not period > 0:
+            raise ValueError(f"interval period must be > 0, got {period!r}")
+        timer_id = self._next_timer_id
+        self._next_timer_id += 1
+        timer = _Timer(timer_id, callback, tuple(args), None if period is None
+                       else float(period), self.program_time() + delay, self._next_seq())
+        self._timers[timer_id] = timer
+        heapq.heappush(self._queue, (timer.due, timer.seq, _TIMER, timer_id))
+        self._arm()
+        return timer_id
+
+    def clear_timer(self, timer_id: int) -> None:
+        self._timers.pop(timer_id, None)
+
+    def subscribe(self, topic_filter: str, callback: Callable[..., Any]) -> None:
+        validate_filter(topic_filter)
+        if not callable(callback):
+            raise TypeError("subscription callback must be callable")
+        known = topic_filter in self.filters
+        self._subs.append((topic_filter, callback))
+        if not known:
+            self._subscriptions_hook(self)
+
+    def unsubscribe(self, topic_filter: str, callback: Callable[..., Any] | None = None) -> None:
+        before = self.filters
+        self._subs = [(f, cb) for f, cb in self._subs
+                      if not (f == topic_filter and (callback is None or cb == callback))]
+        if self.filters != before:
+            self._subscriptions_hook(self)
+
+    def publish(self, topic: str, payload: Any) -> None:
+        validate_topic(topic)
+        self._publish_hook(topic, encode_payload(payload))
+
+    def write_console(self, text: str) -> None:
+        self._console_hook(text)
+
+    # ================================================================= inputs
+    def deliver(self, topic: str, data: bytes) -> bool:
+        """A message from the transport; queued as an event if the program subscribes to it."""
+        if not self.alive or not any(topic_matches(f, topic) for f, _ in self._subs):
+            return False
+        heapq.heappush(self._queue, (self.program_time(), self._next_seq(), _MESSAGE,
+                                     (topic, bytes(data))))
+        self._queued_messages += 1
+        self._arm()
+        return True
+
+    # ================================================================= event loop
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _peek(self) -> tuple | None:
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head[2] == _TIMER:
+                timer = self._timers.get(head[3])
+                if timer is None or timer.seq != head[1]:
+                    heapq.heappop(queue)  # cleared, or an interval since rescheduled
+                    continue
+            return head
+        return None
+
+    def _arm(self) -> None:
+        if self.status is not ProgramStatus.RUNNING or self._in_callback:
+            return
+        head = self._peek()
+        if head is None or (self._horizon is not None and
+                            head[0] > self._horizon + HORIZON_EPSILON):
+            self._cancel_wake()
+            return
+        due = head[0]
+        if self._wake is not None and self._wake_due == due:
+            return
+        self._cancel_wake()
+        self._wake_due = due
+        self._wake = self._clock.call_at(self._clock_base + (due - self._prog_base),
+                                         self._on_wake)
+
+    def _cancel_wake(self) -> None:
+        if self._wake is not None:
+            self._clock.cancel(self._wake)
+            self._wake = None
+            self._wake_due = None
+
+    def _on_wake(self) -> None:
+        self._wake = None
+        self._wake_due = None
+        if self.status is not ProgramStatus.RUNNING:
+            return
+        head = self._peek()
+        if head is not None and (self._horizon is None or
+                                 head[0] <= self._horizon + HORIZON_EPSILON):
+            heapq.heappop(self._queue)
+            self._run_event(head)
+        self._after_event()
+
+    def run_next(self) -> bool:
+        """Run the next due event now, whatever the clock says (for step-by-step drivers)."""
+        head = self._peek() if self.status is ProgramStatus.RUNNING else None
+        if head is None:
+            return False
+        self._cancel_wake()
+        heapq.heappop(self._queue)
+        self._run_event(head)
+        self._after_event()
+        return True
+
+    def _run_event(self, event: tuple) -> None:
+        due, _, kind, ref = event
+        self._time = due
+        if kind == _TIMER:
+            timer = self._timers[ref]
+            if timer.period is None:
+                del self._timers[ref]
+            else:
+                timer.due = due + timer.period
+                timer.seq = self._next_seq()
+                heapq.heappush(self._queue, (timer.due, timer.seq, _TIMER, timer.id))
+            self._call(timer.callback, timer.args)
+            return
+        self._queued_messages -= 1
+        topic, data = ref
+        payload = decode_payload(data)
+        for topic_filter, callback in list(self._subs):
+            if self.status is not ProgramStatus.RUNNING and self.status is not \
+                    ProgramStatus.PAUSED:
+                break
+            if topic_matches(topic_filter, topic):
+                self._call(callback, (topic, payload))
+
+    def _call(self, fn: Callable[..., Any], args: tuple) -> None:
+        self._in_callback = True
+        started = time.perf_counter()
+        try:
+            fn(*args)
+        except ProgramExit as exc:
+            self._finish(ProgramStatus.EXITED, exc.code)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+            self._finish(ProgramStatus.EXITED, code or 0)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the program's crash, not the host's
+            self.error = "".join(traceback.format_exception(
+                type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
+            self._finish(ProgramStatus.CRASHED, 1)
+        finally:
+            self._in_callback = False
+            self.cpu_time += time.perf_counter() - started
+            self.events_run += 1
+
+    def _after_event(self) -> None:
+        if self.status is ProgramStatus.RUNNING and not self._timers \
+                and not self._subs and not self._queued_messages:
+            self._finish(ProgramStatus.EXITED, 0)  # nothing can ever happen again
+            return
+        self._arm()
+
+    def _finish(self, status: ProgramStatus, code: int | None) -> None:
+        self._cancel_wake()
+        self.exit_code = code
+        had_subs = bool(self._subs)
+        self._timers.clear()
+        self._queue.clear()
+        self._queued_messages = 0
+        self._subs.clear()
+        self._set_status(status)
+        if had_subs:
+            self._subscriptions_hook(self)
+
+    def _set_status(self, status: ProgramStatus) -> None:
+        if status is not self.status:
+            self.status = status
+            self._status_hook(self)
+
+    # ================================================================= snapshot
+    def snapshot(self) -> dict:
+        """Capture the whole program at this loop boundary (raises CaptureError if it can't).
+
+        The program is not disturbed, whether the capture succeeds or fails.
+        """
+        if self._in_callback:
+            raise SnapshotError("a snapshot can only be taken between two callbacks")
+        if not self.alive:
+            raise SnapshotError(f"program {self.instance_id} has ended ({self.status.value})")
+        encoder = GraphEncoder(self._sites, self.globals,
+                               {id(self.api): "things", id(self._builtins): "builtins"})
+        globals_ref = encoder.encode_root(self.globals, "globals")
+        timers = []
+        for timer in sorted(self._timers.values(), key=lambda t: t.seq):
+            timers.append({
+                "id": timer.id, "due": timer.due, "seq": timer.seq, "period": timer.period,
+                "callback": encoder.encode_root(timer.callback, f"timers[{timer.id}].callback"),
+                "args": encoder.encode_root(timer.args, f"timers[{timer.id}].args"),
+            })
+        subscriptions = [{"filter": f, "callback": encoder.encode_root(
+            cb, f"subscriptions[{n}] ({f!r}).callback")} for n, (f, cb) in enumerate(self._subs)]
+        messages = []
+        for due, seq, kind, ref in sorted(self._queue):
+            if kind == _MESSAGE:
+                messages.append({"due": due, "seq": seq, "topic": ref[0],
+                                 **_bytes_field(ref[1])})
+        return {
+            "format": document.FORMAT, "version": document.VERSION,
+            "created_by": document.producer(),
+            "program": {"code_name": self.code_name, "instance_id": self.instance_id,
+                        "filename": self.filename, "source": self.source,
+                        "source_sha256": document.source_hash(self.source)},
+            "status": self.status.value, "time": self.program_time(),
+            "loop": {"next_seq": self._seq, "next_timer_id": self._next_timer_id,
+                     "events_run": self.events_run},
+            "globals": globals_ref, "timers": timers, "subscriptions": subscriptions,
+            "messages": messages, "objects": encoder.objects,
+        }
+
+    @classmethod
+    def restore(cls, snapshot: dict | bytes | str, *, clock: Clock, paused: bool = False,
+                **hooks: Any) -> ProgramHost:
+        """Recreate a program from a snapshot; it continues as if never interrupted.
+
+        Raises RestoreError (and runs nothing) for a corrupt, truncated, tampered or
+        unknown-version snapshot.
+        """
+        doc = document.loads(snapshot) if isinstance(snapshot, (bytes, str)) else snapshot
+        if isinstance(snapshot, dict):
+            document.validate(doc)
+        program = doc["program"]
+        try:
+            host = cls(program["source"], clock=clock, code_name=program["code_name"],
+                       instance_id=program["instance_id"], filename=program.get("filename"),
+                       start_time=float(doc["time"]), **hooks)
+        except SyntaxError as exc:
+            raise RestoreError(f"the snapshot's source does not compile here: {exc}") from exc
+        try:
+            host._load_state(doc)
+        except RestoreError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise RestoreError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from exc
+        host._set_status(ProgramStatus.PAUSED)
+        if not paused:
+            host.resume()
+        return host
+
+    def _load_state(self, doc: dict) -> None:
+        globals_index = doc["globals"].get("@")
+        objects = doc["objects"]
+        if type(globals_index) is not int or not 0 <= globals_index < len(objects) \
+                or objects[globals_index].get("t") != "dict":
+            raise RestoreError("corrupt snapshot: 'globals' does not refer to a dict")
+        decoder = GraphDecoder(objects, self._sites, self.globals,
+                               {"things": self.api, "builtins": self._builtins},
+                               presets={globals_index: self.globals})
+        decoder.decode()
+        value = decoder.value
+        for item in doc["timers"]:
+            period = item["period"]
+            timer = _Timer(int(item["id"]), value(item["callback"]), tuple(value(item["args"])),
+                           None if period is None else float(period), float(item["due"]),
+                           int(item["seq"]))
+            self._timers[timer.id] = timer
+            self._queue.append((timer.due, timer.seq, _TIMER, timer.id))
+        for item in doc["subscriptions"]:
+            self._subs.append((validate_filter(item["filter"]), value(item["callback"])))
+        for item in doc["messages"]:
+            self._queue.append((float(item["due"]), int(item["seq"]), _MESSAGE,
+                                (validate_topic(item["topic"]), _bytes_value(item))))
+            self._queued_messages += 1
+        heapq.heapify(self._queue)
+        loop = doc["loop"]
+        self._seq = int(loop["next_seq"])
+        self._next_timer_id = int(loop["next_timer_id"])
+        self.events_run = int(loop.get("events_run", 0))
+
+
+def _bytes_field(data: bytes) -> dict:
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def _bytes_value(item: dict) -> bytes:
+    if "text" in item:
+        return item["text"].encode("utf-8")
+    import base64
+
+    return base64.b64decode(item["b64"].encode("ascii"), validate=True)

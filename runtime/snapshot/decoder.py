@@ -1,0 +1,374 @@
+"""Graph decoder: the flat table of a snapshot -> live objects, in two phases.
+
+Phase 1 *creates* every object in dependency order (a tuple needs its items, a bound
+method its function and instance, a class its bases and methods); mutable objects are
+created empty, so cycles through them need no special care.  Phase 2 *fills* them:
+cells, function attributes, instance state, list items, and last the hashed containers
+(dicts and sets), so keys are hashed only once their own state is in place.  Both phases
+are iterative: deep linked structures do not hit the recursion limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import importlib
+import sys
+import types
+from array import array
+from typing import Any
+
+from .codecs import DESCRIPTOR_CODECS, codec_by_name
+from .encoder import PROGRAM_MODULE, resolve, solid_base
+from .errors import RestoreError
+from .sites import SiteIndex
+
+_MISSING = object()
+_NATIVE_LITTLE = sys.byteorder == "little"
+_FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def unpack_array(text: str, typecode: str) -> list:
+    packed = array(typecode)
+    packed.frombytes(base64.b64decode(text.encode("ascii"), validate=True))
+    if not _NATIVE_LITTLE:  # pragma: no cover
+        packed.byteswap()
+    return packed.tolist()
+
+
+def _ref_index(value: Any) -> int | None:
+    if type(value) is dict:
+        index = value.get("@")
+        if type(index) is int:
+            return index
+    return None
+
+
+class GraphDecoder:
+    """Rebuild the objects of a snapshot table."""
+
+    def __init__(
+        self,
+        entries: list,
+        sites: SiteIndex,
+        program_globals: dict,
+        runtime_objects: dict[str, Any],
+        presets: dict[int, Any] | None = None,
+    ) -> None:
+        if not isinstance(entries, list):
+            raise RestoreError("corrupt snapshot: 'objects' is not a list")
+        self.entries = entries
+        self.sites = sites
+        self.globals = program_globals
+        self.runtime_objects = runtime_objects
+        self.objects: list[Any] = [_MISSING] * len(entries)
+        self.presets = presets or {}
+        for index, obj in self.presets.items():
+            self.objects[index] = obj
+
+    # ---------------------------------------------------------------- public
+    def decode(self) -> None:
+        for index in range(len(self.entries)):
+            if self.objects[index] is _MISSING:
+                self._create_with_deps(index)
+        late = []
+        for index, entry in enumerate(self.entries):
+            if self._fill(index, entry, late_pass=False):
+                late.append(index)
+        for index in late:
+            self._fill(index, self.entries[index], late_pass=True)
+
+    def value(self, v: Any) -> Any:
+        """An inline value of the table -> its object (atoms, floats and references)."""
+        if type(v) is dict:
+            index = v.get("@")
+            if type(index) is int:
+                if not 0 <= index < len(self.objects):
+                    raise RestoreError(f"corrupt snapshot: reference to missing object {index}")
+                obj = self.objects[index]
+                if obj is _MISSING:
+                    raise RestoreError(f"corrupt snapshot: object {index} used before it exists")
+                return obj
+            special = v.get("f")
+            if special in _FLOATS and len(v) == 1:
+                return _FLOATS[special]
+            raise RestoreError(f"corrupt snapshot: unknown inline value {v!r:.80}")
+        if type(v) is list:
+            raise RestoreError("corrupt snapshot: bare list where a value was expected")
+        return v
+
+    # ---------------------------------------------------------------- phase 1
+    def _create_with_deps(self, root: int) -> None:
+        state = {root: 0}  # 0: deps pending, 1: deps pushed
+        stack = [root]
+        while stack:
+            index = stack[-1]
+            if self.objects[index] is not _MISSING:
+                stack.pop()
+                continue
+            entry = self._entry(index)
+            if state.get(index) == 1:
+                stack.pop()
+                self.objects[index] = self._guard(index, entry, self._create)
+                continue
+            state[index] = 1
+            for dep in self._creation_deps(entry):
+                if not 0 <= dep < len(self.entries):
+                    raise RestoreError(f"corrupt snapshot: objects[{index}] refers to {dep}")
+                if self.objects[dep] is _MISSING:
+                    if state.get(dep) == 1:
+                        raise RestoreError(f"corrupt snapshot: creation cycle at objects[{dep}]")
+                    state[dep] = 0
+                    stack.append(dep)
+
+    def _entry(self, index: int) -> dict:
+        entry = self.entries[index]
+        if type(entry) is not dict or type(entry.get("t")) is not str:
+            raise RestoreError(f"corrupt snapshot: objects[{index}] is not an entry")
+        return entry
+
+    def _guard(self, index: int, entry: dict, step: Any, *args: Any) -> Any:
+        try:
+            return step(entry, *args)
+        except RestoreError:
+            raise
+        except Exception as exc:
+            raise RestoreError(f"corrupt snapshot: objects[{index}] ({entry.get('t')}): "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def _creation_deps(self, entry: dict) -> list[int]:
+        t = entry["t"]
+        values: list[Any] = []
+        if t in ("tuple", "frozenset"):
+            values = entry["v"]
+        elif t == "func":
+            values = entry.get("closure", [])
+        elif t == "method":
+            values = [entry["func"], entry["self"]]
+        elif t == "getattr":
+            values = [entry["obj"]]
+        elif t == "codec":
+            values = [entry["args"]]
+        elif t in ("obj", "enum", "exception"):
+            values = [entry["cls"], entry.get("args")]
+            value = entry.get("value")
+            values.extend(value if type(value) is list else [value])
+        elif t == "class":
+            values = list(entry.get("bases", [])) + [entry.get("meta")]
+            values.extend(v for k, v in entry.get("attrs", {}).items()
+                          if self._is_creation_attr(k, v))
+            nt = entry.get("namedtuple")
+            if nt:
+                values.append(nt["defaults"])
+            for field in entry.get("dataclass", {}).get("fields", []):
+                values.extend(field.get(k) for k in ("default", "factory", "hash"))
+        deps = []
+        for v in values:
+            index = _ref_index(v)
+            if index is not None:
+                deps.append(index)
+        return deps
+
+    def _is_creation_attr(self, name: str, value: Any) -> bool:
+        """Methods and descriptors go into the class namespace when the class is made."""
+        index = _ref_index(value)
+        if index is None or not 0 <= index < len(self.entries):
+            return False
+        target = self.entries[index]
+        if type(target) is not dict:
+            return False
+        return target.get("t") == "func" or (
+            target.get("t") == "codec" and target.get("codec") in DESCRIPTOR_CODECS)
+
+    def _create(self, entry: dict) -> Any:
+        t = entry["t"]
+        value = self.value
+        if t == "list":
+            return []
+        if t == "dict":
+            return {}
+        if t == "set":
+            return set()
+        if t == "tuple":
+            return tuple(value(v) for v in entry["v"])
+        if t == "frozenset":
+            return frozenset(value(v) for v in entry["v"])
+        if t == "bytes":
+            return base64.b64decode(entry["b64"].encode("ascii"), validate=True)
+        if t == "cell":
+            return types.CellType()
+        if t == "func":
+            code = self.sites.code_at(entry["site"])
+            closure = tuple(value(c) for c in entry.get("closure", ()))
+            if len(closure) != len(code.co_freevars):
+                raise RestoreError(f"corrupt snapshot: function at {entry['site']} needs "
+                                   f"{len(code.co_freevars)} closure cells, got {len(closure)}")
+            return types.FunctionType(code, self.globals, entry.get("name", code.co_name),
+                                      None, closure or None)
+        if t == "method":
+            return types.MethodType(value(entry["func"]), value(entry["self"]))
+        if t == "getattr":
+            return getattr(value(entry["obj"]), entry["name"])
+        if t == "module":
+            return _import_module(entry["name"])
+        if t == "import":
+            _import_module(entry["module"])
+            obj = resolve(entry["module"], entry["qualname"])
+            if obj is None:
+                raise RestoreError(f"{entry['module']}.{entry['qualname']} is needed by the "
+                                   "snapshot but does not exist here")
+            return obj
+        if t == "rt":
+            return self.runtime_objects[entry["name"]]
+        if t == "codec":
+            return codec_by_name(entry["codec"]).create(value(entry["args"]))
+        if t == "enum":
+            return value(entry["cls"])[entry["name"]]
+        if t == "exception":
+            cls, args = value(entry["cls"]), value(entry["args"])
+            return cls.__new__(cls, *args)
+        if t == "obj":
+            return self._create_instance(entry)
+        if t == "class":
+            return self._create_class(entry)
+        raise RestoreError(f"corrupt snapshot: unknown entry type {t!r}")
+
+    def _create_instance(self, entry: dict) -> Any:
+        cls = self.value(entry["cls"])
+        base = solid_base(cls)
+        if base is None:
+            raise RestoreError(f"cannot rebuild an instance of {cls.__qualname__}")
+        if base in (tuple, frozenset):
+            return base.__new__(cls, [self.value(v) for v in entry["value"]])
+        if base in (int, float, complex, str, bytes):
+            return base.__new__(cls, self.value(entry["value"]))
+        if base is BaseException:
+            return cls.__new__(cls)
+        return base.__new__(cls)
+
+    def _create_class(self, entry: dict) -> type:
+        value = self.value
+        nt = entry.get("namedtuple")
+        if nt is not None:
+            cls = collections.namedtuple(entry["name"], nt["fields"],
+                                         defaults=value(nt["defaults"]) or None,
+                                         module=PROGRAM_MODULE)
+            cls.__qualname__ = entry["qualname"]
+            return cls
+        bases = tuple(value(b) for b in entry.get("bases", ()))
+        meta = value(entry["meta"]) if "meta" in entry else type
+        ns: dict[str, Any] = {"__module__": PROGRAM_MODULE, "__qualname__": entry["qualname"]}
+        if "slots" in entry:
+            ns["__slots__"] = tuple(entry["slots"])
+        for name, v in entry.get("attrs", {}).items():
+            if self._is_creation_attr(name, v):
+                ns[name] = value(v)
+        spec = entry.get("dataclass")
+        if spec is not None:
+            annotations = {}
+            for field in spec["fields"]:
+                kwargs = {k: field[k] for k in ("init", "repr", "compare")}
+                kwargs["hash"] = value(field["hash"])
+                if "default" in field:
+                    kwargs["default"] = value(field["default"])
+                if "factory" in field:
+                    kwargs["default_factory"] = value(field["factory"])
+                if field.get("kw_only"):
+                    kwargs["kw_only"] = True
+                ns[field["name"]] = dataclasses.field(**kwargs)
+                annotations[field["name"]] = Any
+            ns["__annotations__"] = annotations
+        cls = meta(entry["name"], bases, ns)
+        if spec is not None:
+            cls = dataclasses.dataclass(**spec["params"])(cls)
+        return cls
+
+    # ---------------------------------------------------------------- phase 2
+    def _fill(self, index: int, entry: dict, late_pass: bool) -> bool:
+        """Fill one object; return True to be called again in the late (hashing) pass."""
+        t = entry["t"]
+        hashed = t in ("dict", "set") or (
+            t == "codec" and "state" in entry and codec_by_name(entry["codec"]).hashes_state)
+        if hashed and not late_pass:
+            return True
+        if t in ("list", "dict", "set", "cell", "func", "class", "obj", "exception") or \
+                (t == "codec" and "state" in entry):
+            self._guard(index, entry, self._fill_entry, self.objects[index])
+        return False
+
+    def _fill_entry(self, entry: dict, obj: Any) -> None:
+        t = entry["t"]
+        value = self.value
+        if t == "list":
+            if "f8" in entry:
+                obj.extend(unpack_array(entry["f8"], "d"))
+            elif "i8" in entry:
+                obj.extend(unpack_array(entry["i8"], "q"))
+            else:
+                obj.extend(value(v) for v in entry["v"])
+        elif t == "dict":
+            if "s" in entry:
+                for k, v in entry["s"].items():
+                    obj[k] = value(v)
+            else:
+                flat = entry["kv"]
+                for j in range(0, len(flat), 2):
+                    obj[value(flat[j])] = value(flat[j + 1])
+        elif t == "set":
+            obj.update(value(v) for v in entry["v"])
+        elif t == "cell":
+            if "v" in entry:
+                obj.cell_contents = value(entry["v"])
+        elif t == "func":
+            obj.__qualname__ = entry["qualname"]
+            if "defaults" in entry:
+                obj.__defaults__ = value(entry["defaults"])
+            if "kwdefaults" in entry:
+                obj.__kwdefaults__ = value(entry["kwdefaults"])
+            for k, v in entry.get("dict", {}).items():
+                obj.__dict__[k] = value(v)
+            if "annotations" in entry:
+                obj.__annotations__ = value(entry["annotations"])
+            if "doc" in entry:
+                obj.__doc__ = value(entry["doc"])
+            if "module" in entry:
+                obj.__module__ = value(entry["module"])
+        elif t == "class":
+            for name, v in entry.get("attrs", {}).items():
+                if not self._is_creation_attr(name, v):
+                    setattr(obj, name, value(v))
+        elif t in ("obj", "exception"):
+            self._fill_instance(entry, obj)
+        elif t == "codec":
+            codec = codec_by_name(entry["codec"])
+            if codec.fill is None:
+                raise RestoreError(f"codec {codec.name} has no state to fill")
+            codec.fill(obj, value(entry["state"]))
+
+    def _fill_instance(self, entry: dict, obj: Any) -> None:
+        value = self.value
+        if "dict" in entry:
+            obj.__dict__.update({k: value(v) for k, v in entry["dict"].items()})
+        for k, v in entry.get("slots", {}).items():
+            object.__setattr__(obj, k, value(v))
+        if "items" in entry:
+            items = [value(v) for v in entry["items"]]
+            if isinstance(obj, list):
+                list.extend(obj, items)
+            else:
+                set.update(obj, items)
+        if "kv" in entry:
+            flat = entry["kv"]
+            for j in range(0, len(flat), 2):
+                dict.__setitem__(obj, value(flat[j]), value(flat[j + 1]))
+        if "args" in entry:
+            obj.args = value(entry["args"])
+
+
+def _import_module(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise RestoreError(f"the snapshot needs module {name!r}, which cannot be imported "
+                           f"here: {exc}") from exc

@@ -1,0 +1,83 @@
+"""The snapshot document: versioned, self-describing JSON carrying the program's source.
+
+Layout (version 1)::
+
+    {"format": "thingssim-snapshot", "version": 1,
+     "created_by": {"thingssim": ..., "python": ..., "machine": ...},
+     "program": {"code_name", "instance_id", "filename", "source", "source_sha256"},
+     "status": "Running" | "Paused", "time": <program clock>,
+     "loop": {"next_seq", "next_timer_id", "events_run"},
+     "globals": <ref>, "timers": [...], "subscriptions": [...], "messages": [...],
+     "objects": [<entry>, ...]}
+
+Files may be gzip-compressed; ``loads`` recognises both.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import platform
+from typing import Any
+
+from .errors import RestoreError
+
+FORMAT = "thingssim-snapshot"
+VERSION = 1
+_REQUIRED = {"program": dict, "time": (int, float), "loop": dict, "globals": dict,
+             "timers": list, "subscriptions": list, "messages": list, "objects": list}
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def producer() -> dict:
+    from .. import __version__
+
+    return {"thingssim": __version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def dumps(doc: dict, compress: bool = False) -> bytes:
+    """Serialise a snapshot document (compact JSON, optionally gzip)."""
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
+
+
+def loads(data: bytes | str) -> dict:
+    """Parse and validate a snapshot; raises RestoreError with a clear reason."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RestoreError(f"corrupt or truncated compressed snapshot: {exc}") from exc
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RestoreError(f"not a snapshot, or truncated: invalid JSON ({exc})") from exc
+    validate(doc)
+    return doc
+
+
+def validate(doc: Any) -> None:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RestoreError(f"not a thingssim snapshot (missing \"format\": \"{FORMAT}\")")
+    version = doc.get("version")
+    if version != VERSION:
+        raise RestoreError(f"unsupported snapshot version {version!r}: this thingssim reads "
+                           f"version {VERSION}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(doc.get(key), kind):
+            raise RestoreError(f"corrupt snapshot: field {key!r} is missing or malformed")
+    program = doc["program"]
+    for key in ("code_name", "instance_id", "source", "source_sha256"):
+        if not isinstance(program.get(key), str):
+            raise RestoreError(f"corrupt snapshot: program.{key} is missing or malformed")
+    if source_hash(program["source"]) != program["source_sha256"]:
+        raise RestoreError("tampered snapshot: the program source does not match its "
+                           "recorded SHA-256")
