@@ -63,6 +63,8 @@ class GraphDecoder:
         self.globals = program_globals
         self.runtime_objects = runtime_objects
         self.objects: list[Any] = [_MISSING] * len(entries)
+        self._filled = [False] * len(entries)
+        self._materializing: set[int] = set()
         self.presets = presets or {}
         for index, obj in self.presets.items():
             self.objects[index] = obj
@@ -72,12 +74,39 @@ class GraphDecoder:
         for index in range(len(self.entries)):
             if self.objects[index] is _MISSING:
                 self._create_with_deps(index)
+        self._fill_all(range(len(self.entries)))
+
+    def _fill_all(self, indices: Any) -> None:
         late = []
-        for index, entry in enumerate(self.entries):
-            if self._fill(index, entry, late_pass=False):
+        for index in indices:
+            if not self._filled[index] and self._fill(index, self.entries[index], False):
                 late.append(index)
         for index in late:
             self._fill(index, self.entries[index], late_pass=True)
+
+    def _materialize(self, value: Any) -> None:
+        """Create *and fill* everything reachable from ``value`` (a codec's arguments), so
+        the codec's ``create`` sees complete values, whatever they contain."""
+        start = _ref_index(value)
+        if start is None or self._filled[start]:
+            return
+        reach, seen, stack = [], {start}, [start]
+        while stack:
+            index = stack.pop()
+            if index in self._materializing:
+                raise RestoreError(f"corrupt snapshot: codec arguments of objects[{index}] "
+                                   "refer back to the object itself")
+            reach.append(index)
+            for dep in _all_refs(self._entry(index)):
+                if not 0 <= dep < len(self.entries):
+                    raise RestoreError(f"corrupt snapshot: objects[{index}] refers to {dep}")
+                if dep not in seen and not self._filled[dep]:
+                    seen.add(dep)
+                    stack.append(dep)
+        for index in reach:
+            if self.objects[index] is _MISSING:
+                self._create_with_deps(index)
+        self._fill_all(reach)
 
     def value(self, v: Any) -> Any:
         """An inline value of the table -> its object (atoms, floats and references)."""
@@ -110,6 +139,12 @@ class GraphDecoder:
             entry = self._entry(index)
             if state.get(index) == 1:
                 stack.pop()
+                if entry["t"] == "codec":
+                    self._materializing.add(index)
+                    try:
+                        self._materialize(entry.get("args"))
+                    finally:
+                        self._materializing.discard(index)
                 self.objects[index] = self._guard(index, entry, self._create)
                 continue
             state[index] = 1
@@ -161,6 +196,7 @@ class GraphDecoder:
             nt = entry.get("namedtuple")
             if nt:
                 values.append(nt["defaults"])
+            values.extend(member[1] for member in entry.get("enum", []))
             for field in entry.get("dataclass", {}).get("fields", []):
                 values.extend(field.get(k) for k in ("default", "factory", "hash"))
         deps = []
@@ -258,7 +294,11 @@ class GraphDecoder:
             return cls
         bases = tuple(value(b) for b in entry.get("bases", ()))
         meta = value(entry["meta"]) if "meta" in entry else type
-        ns: dict[str, Any] = {"__module__": PROGRAM_MODULE, "__qualname__": entry["qualname"]}
+        ns = meta.__prepare__(entry["name"], bases)  # e.g. the member table of an Enum
+        ns["__module__"] = PROGRAM_MODULE
+        ns["__qualname__"] = entry["qualname"]
+        for name, member_value in entry.get("enum", []):
+            ns[name] = value(member_value)
         if "slots" in entry:
             ns["__slots__"] = tuple(entry["slots"])
         for name, v in entry.get("attrs", {}).items():
@@ -292,6 +332,7 @@ class GraphDecoder:
             t == "codec" and "state" in entry and codec_by_name(entry["codec"]).hashes_state)
         if hashed and not late_pass:
             return True
+        self._filled[index] = True
         if t in ("list", "dict", "set", "cell", "func", "class", "obj", "exception") or \
                 (t == "codec" and "state" in entry):
             self._guard(index, entry, self._fill_entry, self.objects[index])
@@ -344,6 +385,7 @@ class GraphDecoder:
             codec = codec_by_name(entry["codec"])
             if codec.fill is None:
                 raise RestoreError(f"codec {codec.name} has no state to fill")
+            self._materialize(entry["state"])
             codec.fill(obj, value(entry["state"]))
 
     def _fill_instance(self, entry: dict, obj: Any) -> None:
@@ -364,6 +406,22 @@ class GraphDecoder:
                 dict.__setitem__(obj, value(flat[j]), value(flat[j + 1]))
         if "args" in entry:
             obj.args = value(entry["args"])
+
+
+def _all_refs(node: Any) -> list[int]:
+    """Every reference inside one table entry (entries are small and shallow)."""
+    found, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            index = item.get("@")
+            if type(index) is int and len(item) == 1:
+                found.append(index)
+            else:
+                stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return found
 
 
 def _import_module(name: str) -> types.ModuleType:

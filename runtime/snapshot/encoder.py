@@ -169,6 +169,8 @@ class GraphEncoder:
             if is_program_class(obj):
                 return self._class(obj, i)
             return self._import(obj, i)
+        if isinstance(obj, enum.Enum):
+            return {"t": "enum", "cls": ref(cls, i, "attr", "__class__"), "name": obj.name}
         if is_program_class(cls):
             return self._instance(obj, i)
         if isinstance(obj, _FUNCTION_TYPES):
@@ -179,8 +181,6 @@ class GraphEncoder:
                 return {"t": "getattr", "obj": ref(owner, i, "attr", "__self__"),
                         "name": obj.__name__}
             return self._import(obj, i)
-        if isinstance(obj, enum.Enum) and not is_program_class(cls):
-            return {"t": "enum", "cls": ref(cls, i, "attr", "__class__"), "name": obj.name}
         if isinstance(obj, BaseException):
             return {"t": "exception", "cls": ref(cls, i, "attr", "__class__"),
                     "args": ref(obj.args, i, "attr", "args"),
@@ -256,6 +256,13 @@ class GraphEncoder:
             entry["bases"] = [ref(b, i, "base", n) for n, b in enumerate(cls.__bases__)]
             if type(cls) is not type:
                 entry["meta"] = ref(type(cls), i, "attr", "__class__")
+        if isinstance(cls, enum.EnumMeta):
+            # members are remade by the Enum machinery; keep only what the program wrote
+            entry["enum"] = [[name, ref(member.value, i, "member", name)]
+                             for name, member in cls.__members__.items()]
+            skip.update(k for k, v in ns.items() if not self._is_program_code(v)
+                        and k != "__doc__")
+            skip.update(cls.__members__)
         slots = ns.get("__slots__")
         if slots is not None:
             slots = [slots] if isinstance(slots, str) else list(slots)
@@ -275,6 +282,12 @@ class GraphEncoder:
         entry["attrs"] = {k: ref(v, i, "attr", k) for k, v in ns.items()
                           if k not in skip and k != "__module__"}
         return entry
+
+    def _is_program_code(self, value: Any) -> bool:
+        """A program-defined function, or a descriptor wrapping one."""
+        value = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+        return isinstance(value, types.FunctionType) and \
+            self.sites.key_of(value.__code__) is not None
 
     def _dataclass_spec(self, cls: type, i: int) -> dict:
         import dataclasses

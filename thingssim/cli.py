@@ -1,0 +1,120 @@
+"""The ``thingssim`` command line (click: well kept, composable, good error messages)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runtime import ProgramStatus, __version__
+from runtime.snapshot import SnapshotError
+
+from . import standalone
+
+_FOR = click.option("--for", "duration", type=click.FloatRange(min=0), default=None,
+                    help="Stop after this many seconds of program time.")
+_VIRTUAL = click.option("--virtual", is_flag=True,
+                        help="Simulated clock: jump from event to event, no waiting.")
+_COMPRESS = click.option("--compress/--no-compress", default=None,
+                         help="gzip the snapshot (default: only if the name ends in .gz).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="thingssim")
+def main() -> None:
+    """thingssim: live-migratable IoT programs, in simulation and on real boards."""
+
+
+def _console(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _finish(host: object) -> None:
+    """Exit like the program did: its exit code, or 1 with its traceback if it crashed."""
+    sys.stdout.flush()
+    if host.status is ProgramStatus.CRASHED:
+        click.echo(f"program {host.code_name} crashed:\n{host.error}", err=True, nl=False)
+        sys.exit(1)
+    if host.status is ProgramStatus.EXITED and host.exit_code:
+        sys.exit(host.exit_code)
+
+
+def _load(virtual: bool, **source: Path) -> tuple[object, object]:
+    clock = standalone.make_clock(virtual)
+    try:
+        host = standalone.load_host(clock=clock, console=_console, **source)
+    except SyntaxError as exc:
+        raise click.ClickException(f"{exc.filename}:{exc.lineno}: {exc.msg}") from None
+    except (SnapshotError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return host, clock
+
+
+def _snapshot_to(host: object, out: Path, compress: bool | None, at: float) -> None:
+    if not host.alive:
+        _finish(host)
+        raise click.ClickException(f"the program ended ({host.status.value}) before "
+                                   f"t={at:g}; nothing to snapshot")
+    try:
+        size = standalone.write_snapshot(host, out, compress)
+    except (SnapshotError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"snapshot of {host.instance_id} at t={host.program_time():g} -> {out} "
+               f"({size} bytes)", err=True)
+
+
+@main.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_FOR
+@_VIRTUAL
+def run(program: Path, duration: float | None, virtual: bool) -> None:
+    """Run PROGRAM, printing its console, until it exits (or for --for seconds)."""
+    host, clock = _load(virtual, program=program)
+    standalone.run_for(host, clock, duration)
+    _finish(host)
+
+
+@main.command()
+@click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--after", type=click.FloatRange(min=0), required=True,
+              help="Run every event due at or before this program time, then snapshot.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="Snapshot file to write (JSON; .gz to compress).")
+@_VIRTUAL
+@_COMPRESS
+def snapshot(program: Path, after: float, output: Path, virtual: bool,
+             compress: bool | None) -> None:
+    """Run PROGRAM up to program time --after, then write a snapshot and stop."""
+    host, clock = _load(virtual, program=program)
+    standalone.run_for(host, clock, after)
+    _snapshot_to(host, output, compress, after)
+
+
+@main.command()
+@click.argument("snapshot_file", metavar="SNAPSHOT",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_FOR
+@click.option("--after", type=click.FloatRange(min=0), default=None,
+              help="Snapshot again after this many more seconds (needs -o).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Where to write the next snapshot.")
+@_VIRTUAL
+@_COMPRESS
+def restore(snapshot_file: Path, duration: float | None, after: float | None,
+            output: Path | None, virtual: bool, compress: bool | None) -> None:
+    """Continue a program from SNAPSHOT (for --for seconds, or snapshot again --after)."""
+    if (after is None) != (output is None):
+        raise click.UsageError("--after and -o go together")
+    if after is not None and duration is not None:
+        raise click.UsageError("use either --for or --after/-o, not both")
+    host, clock = _load(virtual, snapshot=snapshot_file)
+    standalone.run_for(host, clock, after if after is not None else duration)
+    if output is not None:
+        _snapshot_to(host, output, compress, after)
+    else:
+        _finish(host)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
