@@ -46,7 +46,7 @@ class SiteIndex:
         try:
             return self._by_key[key]
         except KeyError:
-            raise KeyError(f"no function is defined at site {key!r} in the program source") from None
+            raise KeyError(f"no function is defined at site {key!r} in the source") from None
 
     def __len__(self) -> int:
         return len(self._by_key)

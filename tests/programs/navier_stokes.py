@@ -18,8 +18,8 @@ import numpy as np
 
 N = 64
 SIZE = N + 2
-STEPS = 40
-ITERATIONS = 16
+STEPS = 32
+ITERATIONS = 10
 DT = 0.1
 
 rng = np.random.default_rng(2024)
