@@ -417,7 +417,7 @@ class ProgramHost:
             "loop": {"next_seq": self._seq, "next_timer_id": self._next_timer_id,
                      "events_run": self.events_run},
             "globals": globals_ref, "timers": timers, "subscriptions": subscriptions,
-            "messages": messages, "objects": encoder.objects,
+            "messages": messages, "shapes": encoder.shapes, "objects": encoder.objects,
         }
 
     @classmethod
@@ -457,7 +457,7 @@ class ProgramHost:
             raise RestoreError("corrupt snapshot: 'globals' does not refer to a dict")
         decoder = GraphDecoder(objects, self._sites, self.globals,
                                {"things": self.api, "builtins": self._builtins},
-                               presets={globals_index: self.globals})
+                               presets={globals_index: self.globals}, shapes=doc["shapes"])
         decoder.decode()
         value = decoder.value
         for item in doc["timers"]:

@@ -139,22 +139,32 @@ def test_unknown_version_and_missing_fields(good_snapshot):
         _restore_fails(broken, f"field '{field}'")
 
 
+def _put(doc: dict, value) -> None:
+    """Add a global ``x = value`` to a snapshot document."""
+    entry = doc["objects"][doc["globals"]["@"]]
+    doc["shapes"].append(doc["shapes"][entry["k"]] + ["x"])
+    entry["k"] = len(doc["shapes"]) - 1
+    entry["v"].append(value)
+
+
+def _put_new(doc: dict, entry: dict) -> None:
+    doc["objects"].append(entry)
+    _put(doc, {"@": len(doc["objects"]) - 1})
+
+
 @pytest.mark.parametrize("mutate", [
-    lambda d: d["objects"].append({"t": "martian"}) or d["objects"][0]["s"].update(
-        x={"@": len(d["objects"]) - 1}),
-    lambda d: d["objects"][0]["s"].update(x={"@": 10**6}),
-    lambda d: d["objects"][0]["s"].update(x={"weird": 1}),
+    lambda d: _put_new(d, {"t": "martian"}),
+    lambda d: _put(d, {"@": 10**6}),
+    lambda d: _put(d, {"weird": 1}),
+    lambda d: d["objects"][d["globals"]["@"]]["v"].pop(),
     lambda d: d["timers"][0].update(callback={"@": -5}),
     lambda d: d["timers"][0].pop("due"),
     lambda d: d["objects"].__setitem__(0, {"t": "list", "v": []}),
-    lambda d: d["objects"].append({"t": "codec", "codec": "no.such", "args": None})
-    or d["objects"][0]["s"].update(x={"@": len(d["objects"]) - 1}),
-    lambda d: d["objects"].append({"t": "func", "site": "nowhere@99"})
-    or d["objects"][0]["s"].update(x={"@": len(d["objects"]) - 1}),
-    lambda d: d["objects"].append({"t": "module", "name": "no_such_module_xyz"})
-    or d["objects"][0]["s"].update(x={"@": len(d["objects"]) - 1}),
-    lambda d: d["objects"].append({"t": "tuple", "v": [{"@": len(d["objects"])}]})
-    or d["objects"][0]["s"].update(x={"@": len(d["objects"]) - 1}),
+    lambda d: _put_new(d, {"t": "codec", "codec": "no.such", "args": None}),
+    lambda d: _put_new(d, {"t": "func", "site": "nowhere@99"}),
+    lambda d: _put_new(d, {"t": "module", "name": "no_such_module_xyz"}),
+    lambda d: _put_new(d, {"t": "tuple", "v": [{"@": len(d["objects"])}]}),
+    lambda d: _put_new(d, {"t": "list", "f8": "not base64!"}),
     lambda d: d["subscriptions"].append({"filter": "a/#/b", "callback": None}),
     lambda d: d["messages"].append({"due": 0, "seq": 1, "topic": "x"}),
 ])

@@ -20,7 +20,7 @@ from array import array
 from typing import Any
 
 from .codecs import DESCRIPTOR_CODECS, codec_by_name
-from .encoder import PROGRAM_MODULE, resolve, solid_base
+from .encoder import PACKED, PROGRAM_MODULE, resolve, solid_base
 from .errors import RestoreError
 from .sites import SiteIndex
 
@@ -55,6 +55,7 @@ class GraphDecoder:
         program_globals: dict,
         runtime_objects: dict[str, Any],
         presets: dict[int, Any] | None = None,
+        shapes: list[list[str]] | None = None,
     ) -> None:
         if not isinstance(entries, list):
             raise RestoreError("corrupt snapshot: 'objects' is not a list")
@@ -65,6 +66,7 @@ class GraphDecoder:
         self.objects: list[Any] = [_MISSING] * len(entries)
         self._filled = [False] * len(entries)
         self._materializing: set[int] = set()
+        self.shapes = shapes or []
         self.presets = presets or {}
         for index, obj in self.presets.items():
             self.objects[index] = obj
@@ -127,6 +129,16 @@ class GraphDecoder:
             raise RestoreError("corrupt snapshot: bare list where a value was expected")
         return v
 
+    def _keyed(self, node: dict) -> dict:
+        """``{"k": shape, "v": [values]}`` -> a dict of the shape's keys."""
+        keys = self.shapes[node["k"]]
+        values = node["v"]
+        if len(keys) != len(values):
+            raise RestoreError(f"corrupt snapshot: shape {node['k']} has {len(keys)} keys, "
+                               f"got {len(values)} values")
+        value = self.value
+        return {k: value(v) for k, v in zip(keys, values)}
+
     # ---------------------------------------------------------------- phase 1
     def _create_with_deps(self, root: int) -> None:
         state = {root: 0}  # 0: deps pending, 1: deps pushed
@@ -176,7 +188,7 @@ class GraphDecoder:
         t = entry["t"]
         values: list[Any] = []
         if t in ("tuple", "frozenset"):
-            values = entry["v"]
+            values = entry.get("v", [])
         elif t == "func":
             values = entry.get("closure", [])
         elif t == "method":
@@ -227,7 +239,8 @@ class GraphDecoder:
         if t == "set":
             return set()
         if t == "tuple":
-            return tuple(value(v) for v in entry["v"])
+            numbers = _unpacked(entry)
+            return tuple(value(v) for v in entry["v"]) if numbers is None else tuple(numbers)
         if t == "frozenset":
             return frozenset(value(v) for v in entry["v"])
         if t == "bytes":
@@ -342,16 +355,11 @@ class GraphDecoder:
         t = entry["t"]
         value = self.value
         if t == "list":
-            if "f8" in entry:
-                obj.extend(unpack_array(entry["f8"], "d"))
-            elif "i8" in entry:
-                obj.extend(unpack_array(entry["i8"], "q"))
-            else:
-                obj.extend(value(v) for v in entry["v"])
+            numbers = _unpacked(entry)
+            obj.extend(value(v) for v in entry["v"]) if numbers is None else obj.extend(numbers)
         elif t == "dict":
-            if "s" in entry:
-                for k, v in entry["s"].items():
-                    obj[k] = value(v)
+            if "k" in entry:
+                obj.update(self._keyed(entry))
             else:
                 flat = entry["kv"]
                 for j in range(0, len(flat), 2):
@@ -391,9 +399,11 @@ class GraphDecoder:
     def _fill_instance(self, entry: dict, obj: Any) -> None:
         value = self.value
         if "dict" in entry:
-            obj.__dict__.update({k: value(v) for k, v in entry["dict"].items()})
-        for k, v in entry.get("slots", {}).items():
-            object.__setattr__(obj, k, value(v))
+            obj.__dict__.update(self._keyed(entry["dict"]) if "k" in entry["dict"]
+                                else {k: value(v) for k, v in entry["dict"].items()})
+        if "slots" in entry:
+            for k, v in self._keyed(entry["slots"]).items():
+                object.__setattr__(obj, k, v)
         if "items" in entry:
             items = [value(v) for v in entry["items"]]
             if isinstance(obj, list):
@@ -406,6 +416,13 @@ class GraphDecoder:
                 dict.__setitem__(obj, value(flat[j]), value(flat[j + 1]))
         if "args" in entry:
             obj.args = value(entry["args"])
+
+
+def _unpacked(entry: dict) -> list | None:
+    for key, (code, _, _) in PACKED.items():
+        if key in entry:
+            return unpack_array(entry[key], code)
+    return None
 
 
 def _all_refs(node: Any) -> list[int]:

@@ -8,7 +8,7 @@ Layout (version 1)::
      "status": "Running" | "Paused", "time": <program clock>,
      "loop": {"next_seq", "next_timer_id", "events_run"},
      "globals": <ref>, "timers": [...], "subscriptions": [...], "messages": [...],
-     "objects": [<entry>, ...]}
+     "shapes": [[key, ...], ...], "objects": [<entry>, ...]}
 
 Files may be gzip-compressed; ``loads`` recognises both.
 """
@@ -26,7 +26,7 @@ from .errors import RestoreError
 FORMAT = "thingssim-snapshot"
 VERSION = 1
 _REQUIRED = {"program": dict, "time": (int, float), "loop": dict, "globals": dict,
-             "timers": list, "subscriptions": list, "messages": list, "objects": list}
+             "timers": list, "subscriptions": list, "messages": list, "shapes": list, "objects": list}
 
 
 def source_hash(source: str) -> str:

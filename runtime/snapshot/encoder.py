@@ -42,6 +42,13 @@ _FUNCTION_TYPES = (types.BuiltinFunctionType, types.WrapperDescriptorType,
                    types.MemberDescriptorType)
 
 
+#: packed forms of homogeneous number sequences: key -> (array typecode, min, max)
+PACKED = {"i1": ("b", -(1 << 7), 1 << 7), "i2": ("h", -(1 << 15), 1 << 15),
+          "i4": ("i", -(1 << 31), 1 << 31), "u4": ("I", 0, 1 << 32),
+          "i8": ("q", -(1 << 63), 1 << 63), "f8": ("d", None, None)}
+_INT_FORMS = ("i1", "i2", "i4", "u4", "i8")
+
+
 def pack_array(values: list, typecode: str) -> str:
     """Homogeneous numbers -> base64 of little-endian machine values."""
     packed = array(typecode, values)
@@ -78,6 +85,8 @@ class GraphEncoder:
         self._parents: list[tuple[Any, str, Any]] = []  # (parent index | root path, kind, key)
         self._todo: deque[int] = deque()
         self._module_index: dict[int, tuple[str, str]] | None = None
+        self.shapes: list[list[str]] = []  # key lists shared by dicts and instances
+        self._shape_ids: dict[tuple, int] = {}
 
     # ---------------------------------------------------------------- public
     def encode_root(self, obj: Any, path: str) -> Any:
@@ -139,6 +148,9 @@ class GraphEncoder:
         if cls is dict:
             return self._dict(obj, i)
         if cls is tuple:
+            packed = _packed(obj)
+            if packed is not None:
+                return {"t": "tuple", **packed}
             return {"t": "tuple", "v": [ref(x, i, "item", k) for k, x in enumerate(obj)]}
         if cls is set or cls is frozenset:
             items = list(obj)
@@ -188,22 +200,27 @@ class GraphEncoder:
         return self._import(obj, i)
 
     def _list(self, obj: list, i: int) -> dict:
-        if len(obj) >= 8:
-            kinds = set(map(type, obj))
-            if kinds == {float}:
-                return {"t": "list", "f8": pack_array(obj, "d")}
-            if kinds == {int}:
-                try:
-                    return {"t": "list", "i8": pack_array(obj, "q")}
-                except OverflowError:
-                    pass
+        packed = _packed(obj)
+        if packed is not None:
+            return {"t": "list", **packed}
         ref = self.ref
         return {"t": "list", "v": [ref(x, i, "item", k) for k, x in enumerate(obj)]}
+
+    def _keyed(self, mapping: dict, i: int, kind: str) -> dict:
+        """String-keyed values as ``{"k": shape, "v": [values]}``: a key list is stored once
+        per snapshot, however many dicts or instances share it."""
+        keys = tuple(mapping)
+        shape = self._shape_ids.get(keys)
+        if shape is None:
+            shape = self._shape_ids[keys] = len(self.shapes)
+            self.shapes.append(list(keys))
+        ref = self.ref
+        return {"k": shape, "v": [ref(v, i, kind, k) for k, v in mapping.items()]}
 
     def _dict(self, obj: dict, i: int) -> dict:
         ref = self.ref
         if all(type(k) is str for k in obj):
-            return {"t": "dict", "s": {k: ref(v, i, "item", k) for k, v in obj.items()}}
+            return {"t": "dict", **self._keyed(obj, i, "item")}
         flat = []
         for k, v in obj.items():
             flat.append(ref(k, i, "key", k))
@@ -338,7 +355,7 @@ class GraphEncoder:
             entry.pop("args", None)
         d = getattr(obj, "__dict__", None)
         if d:
-            entry["dict"] = self._attrs(d, i)
+            entry["dict"] = self._keyed(d, i, "attr")
         slots = {}
         for klass in cls.__mro__:
             for name in _slot_names(klass):
@@ -347,7 +364,7 @@ class GraphEncoder:
                 except AttributeError:
                     pass
         if slots:
-            entry["slots"] = self._attrs(slots, i)
+            entry["slots"] = self._keyed(slots, i, "attr")
         return entry
 
     def _codec(self, obj: Any, i: int, codec: Any) -> dict:
@@ -396,6 +413,22 @@ class GraphEncoder:
         if found is not None and resolve(*found) is obj:
             return found
         return None
+
+
+def _packed(seq: list | tuple) -> dict | None:
+    """Long homogeneous float or int sequences as base64 machine values (exact, compact)."""
+    if len(seq) < 8:
+        return None
+    kinds = set(map(type, seq))
+    if kinds == {float}:
+        return {"f8": pack_array(seq, "d")}
+    if kinds == {int}:
+        lo, hi = min(seq), max(seq)
+        for key in _INT_FORMS:
+            code, low, high = PACKED[key]
+            if low <= lo and hi < high:
+                return {key: pack_array(seq, code)}
+    return None
 
 
 def _slot_names(cls: type) -> list[str]:

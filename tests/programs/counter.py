@@ -16,7 +16,7 @@ def tick():
     count += 1
     if count >= LIMIT:
         things.clear_timer(timer)
-        print(f"done: counted {count} values by t={things.now():.1f}s")
+        print(f"result: counted {count} values by t={things.now():.1f}s")
 
 
 timer = things.set_interval(tick, 0.1)

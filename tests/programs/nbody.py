@@ -46,11 +46,11 @@ stats = {"ticks": 0, "steps": 0, "energies": []}
 
 def offset_momentum(ref_name):
     px = py = pz = 0.0
-    for r, v, m in bodies.values():
+    for _pos, v, m in bodies.values():
         px -= v[0] * m
         py -= v[1] * m
         pz -= v[2] * m
-    r, v, m = bodies[ref_name]
+    _pos, v, m = bodies[ref_name]
     v[0] = px / m
     v[1] = py / m
     v[2] = pz / m
@@ -58,10 +58,10 @@ def offset_momentum(ref_name):
 
 def energy():
     e = 0.0
-    for ((x1, y1, z1), v1, m1), ((x2, y2, z2), v2, m2) in pairs:
+    for ((x1, y1, z1), _v1, m1), ((x2, y2, z2), _v2, m2) in pairs:
         dx, dy, dz = x1 - x2, y1 - y2, z1 - z2
         e -= (m1 * m2) / ((dx * dx + dy * dy + dz * dz) ** 0.5)
-    for r, (vx, vy, vz), m in bodies.values():
+    for _pos, (vx, vy, vz), m in bodies.values():
         e += m * (vx * vx + vy * vy + vz * vz) / 2.0
     return e
 
@@ -79,7 +79,7 @@ def advance(dt, n):
             v2[0] += dx * b1m
             v2[1] += dy * b1m
             v2[2] += dz * b1m
-        for r, (vx, vy, vz), m in bodies.values():
+        for r, (vx, vy, vz), _m in bodies.values():
             r[0] += dt * vx
             r[1] += dt * vy
             r[2] += dt * vz

@@ -2,9 +2,10 @@
 
 Scaled-down port of the classic raytrace benchmark (pyperformance / V8
 style): spheres and a checkerboard plane, point lights with shadows, and
-reflections up to depth 3, rendered at 40x20.  Each callback renders one row,
-prints it as ASCII art with a checksum of the 8-bit RGB values, and schedules
-the next row; the image rows are accumulated in a Canvas object.
+reflections up to depth 3, rendered at 40x20.  Each callback renders half a
+row (the partial row waits in program state between callbacks); a finished
+row is printed as ASCII art with a checksum of its 8-bit RGB values.  The
+image rows are accumulated in a Canvas object.
 Migration features: a class with __slots__ (Vector) used everywhere,
 ordinary classes (Ray, Sphere, Plane, Camera, Light, surfaces, Scene),
 a surface class hierarchy with super(), a list of polymorphic objects,
@@ -239,26 +240,31 @@ scene.add(Plane(Vector(0.0, 0.0, 0.0), UP),
 scene.lights.append(Light(Vector(-10.0, 100.0, 30.0), 0.8))
 scene.lights.append(Light(Vector(8.0, 10.0, 5.0), 0.4))
 canvas = Canvas(WIDTH, HEIGHT)
-progress = {"row": 0}
+progress = {"row": 0, "x": 0, "pixels": bytearray(), "art": []}
 
 
-def render_row():
-    y = progress["row"]
-    row = bytearray()
-    art = []
-    for x in range(WIDTH):
+def render_half_row():
+    y, x0 = progress["row"], progress["x"]
+    row = progress["pixels"]
+    art = progress["art"]
+    for x in range(x0, x0 + WIDTH // 2):
         c = scene.ray_colour(camera.project(x, y))
         rgb = [to_byte(v) for v in c]
         row.extend(rgb)
         lum = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 256.0
         art.append(SHADES[int(lum * len(SHADES))])
+    if x0 == 0:
+        progress["x"] = WIDTH // 2
+        things.set_timeout(render_half_row, 0.01)
+        return
     canvas.rows.append(row)
+    progress.update(x=0, pixels=bytearray(), art=[])
     print(f"{y:2d} |{''.join(art)}| sum={sum(row):6d}")
     progress["row"] = y + 1
     if progress["row"] < HEIGHT:
-        things.set_timeout(render_row, 0.02)
+        things.set_timeout(render_half_row, 0.01)
     else:
         print(f"result: {WIDTH}x{HEIGHT} image, {scene.rays} rays, checksum {canvas.checksum()}")
 
 
-things.set_timeout(render_row, 0.02)
+things.set_timeout(render_half_row, 0.01)
