@@ -9,6 +9,7 @@ and restored elsewhere; the program itself is plain, uninstrumented Python.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import linecache
@@ -17,6 +18,7 @@ import time
 import traceback
 import uuid
 from enum import Enum
+from types import CodeType
 from typing import Any, Callable, Optional
 
 from .api import ProgramExit, Things
@@ -71,6 +73,14 @@ def decode_payload(data: bytes) -> Any:
         return data
 
 
+@functools.lru_cache(maxsize=64)
+def compile_program(source: str, filename: str) -> tuple[CodeType, SiteIndex]:
+    """Compile once per (source, filename) per process: restoring a program this board
+    has compiled before (ping-pong migration, many instances) skips the compiler."""
+    code = compile(source, filename, "exec", dont_inherit=True)
+    return code, SiteIndex(code)
+
+
 def _noop(*_: Any) -> None:
     return None
 
@@ -96,8 +106,7 @@ class ProgramHost:
         self.code_name = code_name
         self.instance_id = instance_id or f"{code_name}.{uuid.uuid4().hex[:12]}"
         self.filename = filename or f"<things:{code_name}>"
-        self._code = compile(source, self.filename, "exec", dont_inherit=True)
-        self._sites = SiteIndex(self._code)
+        self._code, self._sites = compile_program(source, self.filename)
         linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
                                           self.filename)
         self._clock = clock

@@ -25,6 +25,9 @@ from .errors import RestoreError
 from .sites import SiteIndex
 
 _MISSING = object()
+_EMPTY = {"list": list, "dict": dict, "set": set, "cell": types.CellType}
+_FILLED = frozenset({"list", "dict", "set", "cell", "func", "class", "obj", "exception"})
+_HASHED = frozenset({"dict", "set"})
 _NATIVE_LITTLE = sys.byteorder == "little"
 _FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
@@ -73,18 +76,36 @@ class GraphDecoder:
 
     # ---------------------------------------------------------------- public
     def decode(self) -> None:
-        for index in range(len(self.entries)):
-            if self.objects[index] is _MISSING:
-                self._create_with_deps(index)
+        objects = self.objects
+        for index, entry in enumerate(self.entries):
+            if objects[index] is _MISSING:
+                maker = _EMPTY.get(entry.get("t")) if type(entry) is dict else None
+                if maker is not None:
+                    objects[index] = maker()  # the common case: an empty container
+                else:
+                    self._create_with_deps(index)
         self._fill_all(range(len(self.entries)))
 
     def _fill_all(self, indices: Any) -> None:
         late = []
+        entries, filled, objects = self.entries, self._filled, self.objects
         for index in indices:
-            if not self._filled[index] and self._fill(index, self.entries[index], False):
-                late.append(index)
+            if filled[index]:
+                continue
+            entry = entries[index]
+            t = entry["t"]
+            if t not in _FILLED and not (t == "codec" and "state" in entry):
+                filled[index] = True
+            elif t in _HASHED or (t == "codec" and "state" in entry and
+                                  codec_by_name(entry["codec"]).hashes_state):
+                late.append(index)  # hashes its items: after every other fill
+            else:
+                filled[index] = True
+                self._guard(index, entry, self._fill_entry, objects[index])
         for index in late:
-            self._fill(index, self.entries[index], late_pass=True)
+            if not filled[index]:
+                filled[index] = True
+                self._guard(index, entries[index], self._fill_entry, objects[index])
 
     def _materialize(self, value: Any) -> None:
         """Create *and fill* everything reachable from ``value`` (a codec's arguments), so
@@ -338,19 +359,6 @@ class GraphDecoder:
         return cls
 
     # ---------------------------------------------------------------- phase 2
-    def _fill(self, index: int, entry: dict, late_pass: bool) -> bool:
-        """Fill one object; return True to be called again in the late (hashing) pass."""
-        t = entry["t"]
-        hashed = t in ("dict", "set") or (
-            t == "codec" and "state" in entry and codec_by_name(entry["codec"]).hashes_state)
-        if hashed and not late_pass:
-            return True
-        self._filled[index] = True
-        if t in ("list", "dict", "set", "cell", "func", "class", "obj", "exception") or \
-                (t == "codec" and "state" in entry):
-            self._guard(index, entry, self._fill_entry, self.objects[index])
-        return False
-
     def _fill_entry(self, entry: dict, obj: Any) -> None:
         t = entry["t"]
         value = self.value

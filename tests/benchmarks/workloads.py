@@ -14,12 +14,14 @@ import io
 import json
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import cloudpickle
 
 from runtime import ProgramHost, VirtualClock
 from runtime.bus import LocalBus
+from runtime.program import compile_program
 from runtime.topics import topic_matches
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
@@ -49,6 +51,7 @@ class PlainLoop:
         self.next_id = 0
         self.out: list[str] = []
         self.code_name = self.instance_id = "plain"
+        self.callback_seconds = 0.0  # measured exactly as ProgramHost measures cpu_time
 
     def _push(self, due, kind, ref):
         self.seq += 1
@@ -100,7 +103,7 @@ class PlainLoop:
         saved = sys.modules.get("things")
         sys.modules["things"] = self  # type: ignore[assignment]
         try:
-            exec(compile(source, "<plain>", "exec", dont_inherit=True), g)
+            exec(compile_program(source, "<plain>")[0], g)  # compiled once, as the host does
             while self.queue and (self.timers or self.subs):
                 due, seq, kind, ref = heapq.heappop(self.queue)
                 self.time = due
@@ -112,7 +115,9 @@ class PlainLoop:
                         del self.timers[ref]
                     else:
                         timer[3] = self._push(due + timer[2], 0, ref)
+                    started = time.perf_counter()
                     timer[0](*timer[1])
+                    self.callback_seconds += time.perf_counter() - started
                 else:
                     topic, data = ref
                     try:
@@ -121,7 +126,9 @@ class PlainLoop:
                         payload = data
                     for t, cb in list(self.subs):
                         if topic_matches(t, topic):
+                            started = time.perf_counter()
                             cb(topic, payload)
+                            self.callback_seconds += time.perf_counter() - started
         except _Exit:
             pass
         finally:
@@ -146,11 +153,22 @@ def _drop(_: str) -> None:
 
 
 def run_host(source: str) -> str:
+    return run_host_timed(source)[0]
+
+
+def run_host_timed(source: str) -> tuple[str, float]:
+    """Output and the seconds spent inside the program's callbacks (top level excluded)."""
     out: list[str] = []
     host, clock = new_host(source, out)
     host.start()
+    top_level = host.cpu_time
     clock.run()
-    return "".join(out)
+    return "".join(out), host.cpu_time - top_level
+
+
+def run_plain_timed(source: str) -> tuple[str, float]:
+    loop = PlainLoop()
+    return loop.run(source), loop.callback_seconds
 
 
 def host_at_midpoint(source: str) -> ProgramHost:
