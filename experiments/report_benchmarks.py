@@ -75,7 +75,8 @@ def main() -> None:
     t = table(load(args.json))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t.round(3).to_csv(args.out)
-    cols = ["callback_overhead_%", "run_overhead_%", "memory_overhead_%", "snap_thingssim_ms", "snap_time_ratio",
+    cols = ["callback_overhead_%", "run_overhead_%", "memory_overhead_%",
+            "snap_thingssim_ms", "snap_time_ratio",
             "restore_cold_ms", "restore_warm_ms", "restore_cold_ratio", "restore_warm_ratio",
             "size_thingssim", "size_ratio", "gz_thingssim", "gz_size_ratio"]
     print(t[[c for c in cols if c in t]].round(2).to_markdown())

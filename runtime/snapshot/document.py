@@ -26,7 +26,8 @@ from .errors import RestoreError
 FORMAT = "thingssim-snapshot"
 VERSION = 1
 _REQUIRED = {"program": dict, "time": (int, float), "loop": dict, "globals": dict,
-             "timers": list, "subscriptions": list, "messages": list, "shapes": list, "objects": list}
+             "timers": list, "subscriptions": list, "messages": list, "shapes": list,
+             "objects": list}
 
 
 def source_hash(source: str) -> str:
