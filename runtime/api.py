@@ -70,7 +70,8 @@ class Things:
 
     def now(self) -> float:
         """The program clock: the due time of the event being handled."""
-        return self._host.program_time()
+        host = self._host
+        return host._time if host._in_callback else host.program_time()
 
     def exit(self, code: int = 0) -> None:
         """End the program after this callback."""
@@ -82,9 +83,9 @@ class Things:
         if file is not None and file is not sys.stdout and file is not sys.stderr:
             builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
             return
-        sep = " " if sep is None else sep
-        end = "\n" if end is None else end
-        self._host.write_console(sep.join(map(str, args)) + end)
+        if sep is None:
+            sep = " "
+        self._host._console_hook(sep.join(map(str, args)) + ("\n" if end is None else end))
 
     def _import(self, name: str, globals: Any = None, locals: Any = None,
                 fromlist: Any = (), level: int = 0) -> Any:

@@ -55,12 +55,15 @@ class _Timer:
         self.seq = seq
 
 
+_to_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_payload(payload: Any) -> bytes:
     """What travels on the wire: bytes as they are, anything else as compact JSON."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload)
     try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return _to_json(payload).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"payload must be bytes or JSON-serialisable: {exc}") from None
 
@@ -78,6 +81,8 @@ def compile_program(source: str, filename: str) -> tuple[CodeType, SiteIndex]:
     """Compile once per (source, filename) per process: restoring a program this board
     has compiled before (ping-pong migration, many instances) skips the compiler."""
     code = compile(source, filename, "exec", dont_inherit=True)
+    # tracebacks of a program that has no file on this board still show its lines
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return code, SiteIndex(code)
 
 
@@ -107,8 +112,6 @@ class ProgramHost:
         self.instance_id = instance_id or f"{code_name}.{uuid.uuid4().hex[:12]}"
         self.filename = filename or f"<things:{code_name}>"
         self._code, self._sites = compile_program(source, self.filename)
-        linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
-                                          self.filename)
         self._clock = clock
         self._publish_hook = publish
         self._console_hook = console
@@ -215,11 +218,13 @@ class ProgramHost:
             raise ValueError(f"interval period must be > 0, got {period!r}")
         timer_id = self._next_timer_id
         self._next_timer_id += 1
-        timer = _Timer(timer_id, callback, tuple(args), None if period is None
-                       else float(period), self.program_time() + delay, self._next_seq())
-        self._timers[timer_id] = timer
-        heapq.heappush(self._queue, (timer.due, timer.seq, _TIMER, timer_id))
-        self._arm()
+        self._seq += 1
+        due = (self._time if self._in_callback else self.program_time()) + delay
+        self._timers[timer_id] = _Timer(timer_id, callback, args, None if period is None
+                                        else float(period), due, self._seq)
+        heapq.heappush(self._queue, (due, self._seq, _TIMER, timer_id))
+        if not self._in_callback:
+            self._arm()
         return timer_id
 
     def clear_timer(self, timer_id: int) -> None:
@@ -242,7 +247,8 @@ class ProgramHost:
             self._subscriptions_hook(self)
 
     def publish(self, topic: str, payload: Any) -> None:
-        validate_topic(topic)
+        if type(topic) is not str or not topic or "+" in topic or "#" in topic:
+            validate_topic(topic)  # raises the precise error
         self._publish_hook(topic, encode_payload(payload))
 
     def write_console(self, text: str) -> None:
@@ -251,12 +257,19 @@ class ProgramHost:
     # ================================================================= inputs
     def deliver(self, topic: str, data: bytes) -> bool:
         """A message from the transport; queued as an event if the program subscribes to it."""
-        if not self.alive or not any(topic_matches(f, topic) for f, _ in self._subs):
+        if self.status is not ProgramStatus.RUNNING and self.status is not ProgramStatus.PAUSED:
             return False
-        heapq.heappush(self._queue, (self.program_time(), self._next_seq(), _MESSAGE,
-                                     (topic, bytes(data))))
+        for topic_filter, _ in self._subs:
+            if topic_matches(topic_filter, topic):
+                break
+        else:
+            return False
+        self._seq += 1
+        heapq.heappush(self._queue, (self.program_time(), self._seq, _MESSAGE,
+                                     (topic, data if type(data) is bytes else bytes(data))))
         self._queued_messages += 1
-        self._arm()
+        if not self._in_callback:
+            self._arm()
         return True
 
     # ================================================================= event loop
