@@ -30,6 +30,9 @@ class Clock(Protocol):
     def cancel(self, handle: TimerHandle) -> None:
         """Cancel a pending callback; cancelling a fired or cancelled one is a no-op."""
 
+    def create_future(self) -> Any:
+        """A future native to this clock's world (see :mod:`runtime.future`)."""
+
 
 def call_later(clock: Clock, delay: float, callback: Callable[[], Any]) -> TimerHandle:
     """Relative scheduling on any clock."""
@@ -71,6 +74,11 @@ class VirtualClock:
 
     def cancel(self, handle: TimerHandle) -> None:
         handle.cancelled = True  # type: ignore[attr-defined]
+
+    def create_future(self) -> Any:
+        from .future import Future
+
+        return Future()
 
     def pending(self) -> int:
         """Number of callbacks still scheduled."""
@@ -121,3 +129,6 @@ class AsyncioClock:
 
     def cancel(self, handle: Any) -> None:
         handle.cancel()
+
+    def create_future(self) -> Any:
+        return self._loop.create_future()

@@ -1,0 +1,1 @@
+"""The simulated world: a SimPy network of virtual boards around one MQTT broker."""
