@@ -90,3 +90,46 @@ def settle(future: FutureLike, value: Any = None, error: BaseException | None = 
     else:
         future.set_result(value)
     return True
+
+
+def gather(create_future: Callable[[], Any], futures: list[Any]) -> Any:
+    """A future of ``[(ok, value_or_exception), ...]`` once every input is done.
+
+    Never fails: each outcome is reported, so callers can say which parts succeeded.
+    """
+    out = create_future()
+    results: list[Any] = [None] * len(futures)
+    remaining = [len(futures)]
+    if not futures:
+        out.set_result([])
+        return out
+
+    def done(index: int, fut: Any) -> None:
+        error = fut.exception()
+        results[index] = (error is None, fut.result() if error is None else error)
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            settle(out, results)
+
+    for index, fut in enumerate(futures):
+        fut.add_done_callback(lambda f, i=index: done(i, f))
+    return out
+
+
+def then(create_future: Callable[[], Any], future: Any,
+         fn: Callable[[Any], Any]) -> Any:
+    """A future of ``fn(result)``; errors (of ``future`` or ``fn``) pass through."""
+    out = create_future()
+
+    def done(fut: Any) -> None:
+        error = fut.exception()
+        if error is not None:
+            settle(out, error=error)
+            return
+        try:
+            settle(out, fn(fut.result()))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiter
+            settle(out, error=exc)
+
+    future.add_done_callback(done)
+    return out

@@ -105,6 +105,7 @@ class ProgramHost:
         console: Callable[[str], None] = _noop,
         on_status: Callable[[ProgramHost], None] = _noop,
         on_subscriptions: Callable[[ProgramHost], None] = _noop,
+        on_event: Callable[[ProgramHost, float], None] = _noop,
         start_time: float = 0.0,
     ) -> None:
         self.source = source
@@ -117,6 +118,7 @@ class ProgramHost:
         self._console_hook = console
         self._status_hook = on_status
         self._subscriptions_hook = on_subscriptions
+        self._event_hook = on_event  # (host, seconds of CPU the event took): for cost models
 
         self.api = Things(self)
         self._builtins = self.api.make_builtins()
@@ -255,18 +257,22 @@ class ProgramHost:
         self._console_hook(text)
 
     # ================================================================= inputs
-    def deliver(self, topic: str, data: bytes) -> bool:
-        """A message from the transport; queued as an event if the program subscribes to it."""
+    def deliver(self, topic: str, data: bytes, via: str | None = None) -> bool:
+        """A message from the transport; queued as an event if the program subscribes to it.
+
+        ``via``: the subscription filter the transport delivered it for; then only that
+        filter's callbacks run (MQTT sends one copy per matching subscription).
+        """
         if self.status is not ProgramStatus.RUNNING and self.status is not ProgramStatus.PAUSED:
             return False
         for topic_filter, _ in self._subs:
-            if topic_matches(topic_filter, topic):
+            if topic_filter == via if via is not None else topic_matches(topic_filter, topic):
                 break
         else:
             return False
         self._seq += 1
         heapq.heappush(self._queue, (self.program_time(), self._seq, _MESSAGE,
-                                     (topic, data if type(data) is bytes else bytes(data))))
+                                     (topic, data if type(data) is bytes else bytes(data), via)))
         self._queued_messages += 1
         if not self._in_callback:
             self._arm()
@@ -348,13 +354,13 @@ class ProgramHost:
             self._call(timer.callback, timer.args)
             return
         self._queued_messages -= 1
-        topic, data = ref
+        topic, data, via = ref
         payload = decode_payload(data)
         for topic_filter, callback in list(self._subs):
             if self.status is not ProgramStatus.RUNNING and self.status is not \
                     ProgramStatus.PAUSED:
                 break
-            if topic_matches(topic_filter, topic):
+            if topic_filter == via if via is not None else topic_matches(topic_filter, topic):
                 self._call(callback, (topic, payload))
 
     def _call(self, fn: Callable[..., Any], args: tuple) -> None:
@@ -375,8 +381,10 @@ class ProgramHost:
             self._finish(ProgramStatus.CRASHED, 1)
         finally:
             self._in_callback = False
-            self.cpu_time += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            self.cpu_time += spent
             self.events_run += 1
+            self._event_hook(self, spent)
 
     def _after_event(self) -> None:
         if self.status is ProgramStatus.RUNNING and not self._timers \
@@ -427,7 +435,7 @@ class ProgramHost:
         messages = []
         for due, seq, kind, ref in sorted(self._queue):
             if kind == _MESSAGE:
-                messages.append({"due": due, "seq": seq, "topic": ref[0],
+                messages.append({"due": due, "seq": seq, "topic": ref[0], "via": ref[2],
                                  **_bytes_field(ref[1])})
         return {
             "format": document.FORMAT, "version": document.VERSION,
@@ -492,8 +500,10 @@ class ProgramHost:
         for item in doc["subscriptions"]:
             self._subs.append((validate_filter(item["filter"]), value(item["callback"])))
         for item in doc["messages"]:
+            via = item.get("via")
             self._queue.append((float(item["due"]), int(item["seq"]), _MESSAGE,
-                                (validate_topic(item["topic"]), _bytes_value(item))))
+                                (validate_topic(item["topic"]), _bytes_value(item),
+                                 None if via is None else validate_filter(via))))
             self._queued_messages += 1
         heapq.heapify(self._queue)
         loop = doc["loop"]
