@@ -538,6 +538,7 @@ class _Migration:
             "transfer_s": None, "restore_s": None, "commit_s": None, "total_s": None,
             "ok": None, "error": None}
         self._target_dead = False
+        self._target_seen = False  # any state of the target at all (retained or live)
         self._state_topic = None
 
     def start(self) -> Any:
@@ -568,6 +569,7 @@ class _Migration:
     def _on_target_state(self, message: Message) -> None:
         try:
             self._target_dead = p.decode(message.payload).get("status") == "dead"
+            self._target_seen = True
         except (p.ProtocolError, AttributeError):
             pass
 
@@ -613,7 +615,8 @@ class _Migration:
                 lambda fut: self._aborted(fut, reason))
 
     def _aborted(self, future: Any, reason: str) -> None:
-        if future.exception() is not None and not self._target_dead and self.engine.running:
+        unreachable = future.exception() is not None
+        if unreachable and self._target_seen and not self._target_dead and self.engine.running:
             self._abort(reason)  # the target may still hold a copy: keep ours paused
             return
         engine = self.engine
