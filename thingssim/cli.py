@@ -116,5 +116,56 @@ def restore(snapshot_file: Path, duration: float | None, after: float | None,
         _finish(host)
 
 
+@main.command()
+@click.argument("scenario_file", metavar="SCENARIO.toml",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write messages/migrations/programs/boards/actions/faults CSVs here.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool) -> None:
+    """Run a simulated scenario (boards, programs, actions, faults) and summarise it."""
+    from tqdm import tqdm
+
+    from .sim.scenario import Scenario, ScenarioError
+
+    try:
+        scenario = Scenario.from_toml(scenario_file)
+    except (ScenarioError, KeyError, ValueError, TypeError) as exc:
+        raise click.ClickException(f"{scenario_file}: {exc}") from None
+    bar = tqdm(total=scenario.duration, unit="sim-s", disable=not progress,
+               desc=scenario.name, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s "
+               "[{elapsed}<{remaining}]")
+
+    def advance(now: float) -> None:
+        bar.update(now - bar.n)
+
+    results = scenario.run(seed=seed, on_progress=advance)
+    bar.close()
+    click.echo(f"\n{scenario.name}: seed {scenario.seed if seed is None else seed}, "
+               f"{scenario.duration:g} simulated seconds")
+    click.echo(results.summary().to_string(index=False))
+    if len(results.migrations):
+        cols = ["code_name", "source", "target", "ok", "snapshot_bytes", "snapshot_s",
+                "transfer_s", "restore_s", "commit_s", "total_s"]
+        click.echo("\nmigrations:")
+        click.echo(results.migrations[cols].to_string(index=False, float_format="%.4f"))
+    failed = results.actions[results.actions["ok"] == False]  # noqa: E712
+    if len(failed):
+        click.echo("\nfailed actions:")
+        click.echo(failed.to_string(index=False))
+    if out is not None:
+        paths = results.save(out)
+        click.echo(f"\nwritten: {', '.join(str(p) for p in paths)}")
+
+
+def _register_calibrate() -> None:
+    from .calibrate import calibrate_command
+
+    main.add_command(calibrate_command, "calibrate")
+
+
+_register_calibrate()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,322 @@
+"""The simulated world: virtual boards with CPUs and memory, each running a real CodeEngine
+on a SimPy network, plus a Dispatcher.  The core objects are the real ones; only their
+clock, transport and meter come from here.
+
+Cost model (deterministic by default, so one seed gives byte-identical results):
+
+- a program event costs ``event_cost`` reference-seconds (``cost_model="fixed"``), or its
+  measured CPU time (``cost_model="measured"``: realistic, not reproducible), divided by
+  the board's ``cpu_factor``; events queue for the board's cores (FIFO);
+- snapshot and restore cost ``*_cost_per_byte`` reference-seconds per byte;
+- messages a board publishes leave when its CPU is free (so a migration's transfer starts
+  after its snapshot is taken);
+- a program holds ``program_base_mb`` plus three times its source or snapshot size; a
+  board refuses programs beyond its ``memory_mb``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import simpy
+
+from runtime.dispatcher import Dispatcher
+from runtime.engine import CodeEngine
+from runtime.transport import Message
+
+from .boards import BoardProfile, get_profile
+from .clock import SimPyClock
+from .network import BrokerProfile, LinkProfile, Network
+
+
+@dataclass(frozen=True)
+class CostModel:
+    mode: str = "fixed"  # "fixed" | "measured"
+    event_cost: float = 100e-6  # reference seconds per program event (fixed mode)
+    snapshot_cost_per_byte: float = 25e-9
+    restore_cost_per_byte: float = 35e-9
+    program_base_mb: float = 8.0
+    engine_base_mb: float = 24.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "measured"):
+            raise ValueError(f"cost model mode must be 'fixed' or 'measured', not {self.mode!r}")
+
+
+class BoardClock:
+    """The world clock as seen by one board: nothing runs while the board is down, and
+    callbacks wait for a free core."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.world_clock = board.world.clock
+
+    def now(self) -> float:
+        return self.world_clock.now()
+
+    def call_at(self, when: float, callback: Callable[[], Any]) -> Any:
+        epoch = self.board.epoch
+        handle = _Handle()
+
+        def fire() -> None:
+            if handle.cancelled or self.board.epoch != epoch:
+                return  # cancelled, or scheduled before a crash
+            ready = self.board.cpu_ready()
+            if ready > self.world_clock.now():
+                handle.inner = self.world_clock.call_at(ready, fire)  # wait for a core
+                return
+            callback()
+
+        handle.inner = self.world_clock.call_at(when, fire)
+        return handle
+
+    def cancel(self, handle: Any) -> None:
+        handle.cancelled = True
+        self.world_clock.cancel(handle.inner)
+
+    def create_future(self) -> Any:
+        return self.world_clock.create_future()
+
+
+class _Handle:
+    __slots__ = ("inner", "cancelled")
+
+    def __init__(self) -> None:
+        self.inner: Any = None
+        self.cancelled = False
+
+
+class BoardTransport:
+    """A board's client: publishes leave when the board's CPU has finished its work."""
+
+    def __init__(self, board: Board, inner: Any) -> None:
+        self.board = board
+        self.inner = inner
+        self.client_id = inner.client_id
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        ready = self.board.cpu_ready()
+        clock = self.board.world.clock
+        if ready > clock.now():
+            epoch = self.board.epoch
+            clock.call_at(ready, lambda: self.board.epoch == epoch and
+                          self.inner.publish(topic, payload, qos, retain))
+        else:
+            self.inner.publish(topic, payload, qos, retain)
+
+    def __getattr__(self, name: str) -> Any:  # connect, subscribe, unsubscribe, vanish...
+        return getattr(self.inner, name)
+
+
+class BoardMeter:
+    """Charges the cost model to the board's CPU and memory (see the module docstring)."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.model = board.world.cost
+        self._program_mb: dict[int, float] = {}
+        self._busy_since_report: dict[int, float] = {}
+        self.engine_busy = 0.0
+
+    def _charge(self, reference_seconds: float) -> float:
+        seconds = reference_seconds / self.board.profile.cpu_factor
+        self.board.occupy(seconds)
+        return seconds
+
+    def program_event(self, host: Any, seconds: float) -> None:
+        cost = self.model.event_cost if self.model.mode == "fixed" else seconds
+        spent = self._charge(cost)
+        self._busy_since_report[id(host)] = self._busy_since_report.get(id(host), 0.0) + spent
+        self.board.cpu_seconds += spent
+        self.board.events += 1
+
+    def work(self, kind: str, nbytes: int, seconds: float) -> float:
+        per_byte = self.model.snapshot_cost_per_byte if kind == "snapshot" else \
+            self.model.restore_cost_per_byte
+        cost = nbytes * per_byte if self.model.mode == "fixed" else seconds
+        spent = self._charge(cost)
+        self.board.cpu_seconds += spent
+        return spent
+
+    def _footprint(self, host: Any) -> float:
+        size = len(host.source)
+        return self.model.program_base_mb + 3 * size / 1e6
+
+    def admit(self, host: Any) -> None:
+        need = self._footprint(host)
+        free = self.board.profile.memory_mb - self.board.memory_used_mb()
+        if need > free:
+            raise MemoryError(f"board {self.board.name} has {free:.1f} MB free, "
+                              f"program {host.instance_id} needs {need:.1f} MB")
+        self._program_mb[id(host)] = need
+
+    def release(self, host: Any) -> None:
+        self._program_mb.pop(id(host), None)
+        self._busy_since_report.pop(id(host), None)
+
+    def used_mb(self) -> float:
+        return self.model.engine_base_mb + sum(self._program_mb.values())
+
+    def engine_usage(self) -> dict:
+        used = self.used_mb()
+        return {"memory": {"rss": int(used * 1e6)},
+                "cpu": round(100 * self.board.utilisation(), 3),
+                "device_memory": int((self.board.profile.memory_mb - used) * 1e6)}
+
+    def program_usage(self, host: Any) -> dict:
+        busy = self._busy_since_report.pop(id(host), 0.0)
+        period = self.board.engine.resource_period or 1.0
+        return {"memory": {"rss": int(self._program_mb.get(id(host), 0.0) * 1e6)},
+                "cpu": round(100 * busy / period, 3)}
+
+
+class Board:
+    """One virtual board: profile, CPU cores, access link, engine."""
+
+    def __init__(self, world: World, name: str, profile: BoardProfile,
+                 resource_period: float | None = 1.0) -> None:
+        self.world = world
+        self.name = name
+        self.profile = profile
+        self.link = world.network.add_link(name, LinkProfile(
+            latency=profile.latency, bandwidth=profile.bandwidth, jitter=profile.jitter,
+            loss=profile.loss))
+        self.cores = [0.0] * profile.cores  # when each core is free
+        self.epoch = 0  # bumped on crash: callbacks from before a crash never run
+        self.up = False
+        self.cpu_seconds = 0.0
+        self.events = 0
+        self.resource_period = resource_period
+        self.engine: CodeEngine
+        self.meter: BoardMeter
+        self._boot()
+
+    def _boot(self) -> None:
+        self.epoch += 1
+        self.cores = [self.world.clock.now()] * self.profile.cores
+        self.clock = BoardClock(self)
+        self.transport = BoardTransport(self, self.world.network.client(self.name, self.link))
+        self.meter = BoardMeter(self)
+        self.engine = CodeEngine(self.transport, self.clock, engine_id=self.name,
+                                 device=self.profile.name, memory_limit=self.profile.memory_mb,
+                                 meter=self.meter, new_id=self.world.id_source(self.name),
+                                 resource_period=self.resource_period,
+                                 keepalive=self.world.keepalive)
+        self.engine.start()
+        self.up = True
+
+    # ---------------------------------------------------------------- CPU
+    def cpu_ready(self) -> float:
+        return min(self.cores)
+
+    def occupy(self, seconds: float) -> None:
+        """Run ``seconds`` of work on the first free core."""
+        now = self.world.clock.now()
+        i = min(range(len(self.cores)), key=self.cores.__getitem__)
+        self.cores[i] = max(self.cores[i], now) + seconds
+
+    def utilisation(self) -> float:
+        elapsed = self.world.clock.now() * len(self.cores)
+        return self.cpu_seconds / elapsed if elapsed > 0 else 0.0
+
+    def memory_used_mb(self) -> float:
+        return self.meter.used_mb()
+
+    # ---------------------------------------------------------------- faults
+    def crash(self) -> None:
+        """Power loss: programs and engine state are gone; the broker publishes the will."""
+        if not self.up:
+            return
+        self.up = False
+        self.engine.crash()
+        self.world.retired_engines.append(self.engine)
+        self.transport.inner.vanish()
+        self.epoch += 1
+        self.world.record_fault("crash", self.name)
+
+    def reboot(self) -> None:
+        if self.up:
+            return
+        self._boot()
+        self.world.record_fault("reboot", self.name)
+
+
+class World:
+    """A SimPy environment, one broker, boards, and a dispatcher on its own link."""
+
+    def __init__(self, seed: int = 0, *, broker: BrokerProfile | None = None,
+                 cost: CostModel | None = None, trace: bool = True,
+                 keepalive: float = 10.0) -> None:
+        self.seed = seed
+        self.env = simpy.Environment()
+        self.clock = SimPyClock(self.env)
+        self.network = Network(self.env, seed=seed, broker=broker or BrokerProfile(),
+                               trace=trace)
+        self.cost = cost or CostModel()
+        self.keepalive = keepalive
+        self.boards: dict[str, Board] = {}
+        self.dispatcher: Dispatcher | None = None
+        self.faults: list[dict] = []
+        self.actions: list[dict] = []
+        self.retired_engines: list[CodeEngine] = []  # engines of boards that crashed
+
+    def id_source(self, name: str) -> Callable[[], str]:
+        """Deterministic ids per client: same seed, same ids."""
+        rng = random.Random(f"{self.seed}:ids:{name}:{len(self.faults)}")
+        return lambda: f"{rng.getrandbits(64):016x}"
+
+    def add_board(self, name: str, profile: str | BoardProfile = "raspberry-pi-3",
+                  resource_period: float | None = 1.0, **overrides: Any) -> Board:
+        if name in self.boards:
+            raise ValueError(f"board {name!r} already exists")
+        base = get_profile(profile) if isinstance(profile, str) else profile
+        board = Board(self, name, base.with_overrides(**overrides) if overrides else base,
+                      resource_period)
+        self.boards[name] = board
+        return board
+
+    def add_dispatcher(self, name: str = "dispatcher", profile: str = "desktop-vm",
+                       **config: Any) -> Dispatcher:
+        prof = get_profile(profile)
+        link = self.network.add_link(name, LinkProfile(latency=prof.latency,
+                                                       bandwidth=prof.bandwidth,
+                                                       jitter=prof.jitter, loss=prof.loss))
+        self.dispatcher = Dispatcher(self.network.client(name, link), self.clock,
+                                     {"id": name, **config}, new_id=self.id_source(name))
+        self.dispatcher.start()
+        return self.dispatcher
+
+    def at(self, when: float, action: Callable[[], Any]) -> None:
+        self.clock.call_at(when, action)
+
+    def record_fault(self, kind: str, target: str) -> None:
+        self.faults.append({"time": self.clock.now(), "fault": kind, "target": target})
+
+    def run(self, until: float, on_progress: Callable[[float], None] | None = None,
+            steps: int = 100) -> None:
+        """Advance simulated time to ``until`` (reporting progress ``steps`` times)."""
+        if on_progress is None:
+            self.env.run(until=until)
+            return
+        start = self.env.now
+        for k in range(1, steps + 1):
+            self.env.run(until=start + (until - start) * k / steps)
+            on_progress(self.env.now)
+
+    def wait(self, future: Any, timeout: float = 60.0) -> Any:
+        """Run the simulation until ``future`` is done (for scripts and tests)."""
+        deadline = self.env.now + timeout
+        while not future.done() and self.env.now < deadline:
+            if self.env.peek() == float("inf"):
+                break
+            self.env.step()
+        return future.result()
+
+
+__all__ = ["Board", "BoardClock", "BoardMeter", "CostModel", "Message", "World"]
