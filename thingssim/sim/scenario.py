@@ -77,6 +77,7 @@ class FaultSpec:
     duration: float | None = None
 
 
+_UNDO = {"crash": "reboot", "link_down": "link_up", "broker_down": "broker_up"}
 ACTIONS = ("run", "migrate", "pause", "resume", "kill", "spawn")
 FAULTS = ("crash", "reboot", "link_down", "link_up", "broker_down", "broker_up")
 
@@ -253,11 +254,9 @@ class _Runner:
             w.at(action.at, lambda a=action: self._act(a.type, a.program, a.to))
         for fault in s.faults:
             w.at(fault.at, lambda f=fault: self._fault(f.type, f.board))
-            if fault.duration is not None:
-                undo = {"crash": "reboot", "link_down": "link_up", "broker_down": "broker_up"}
-                if fault.type in undo:
-                    w.at(fault.at + fault.duration,
-                         lambda f=fault: self._fault(undo[f.type], f.board))
+            if fault.duration is not None and fault.type in _UNDO:
+                w.at(fault.at + fault.duration,
+                     lambda f=fault: self._fault(_UNDO[f.type], f.board))
         w.run(s.duration, on_progress)
         return self._results()
 
