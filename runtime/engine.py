@@ -119,11 +119,12 @@ class CodeEngine:
         self.transport.disconnect()
 
     def crash(self) -> None:
-        """Forget everything at once, as a board losing power does (simulation)."""
-        for host in list(self.programs.values()):
-            host.kill()
-        self.programs.clear()
+        """Forget everything at once, as a board losing power does: nothing is sent."""
         self.running = False
+        hosts = list(self.programs.values())
+        self.programs.clear()
+        for host in hosts:
+            host.kill()
         if self._resource_timer is not None:
             self.clock.cancel(self._resource_timer)
         if self._requester is not None:
@@ -558,7 +559,10 @@ class _Migration:
         # learn if the target dies meanwhile (its retained state / last will)
         self._state_topic = p.engine_state_topic(self.target)
         engine.transport.subscribe(self._state_topic, self._on_target_state, qos=1)
-        self.sent_at = engine.clock.now()
+        # the request leaves once the snapshot is taken (in simulation time stands still
+        # during the call and the board's CPU is charged instead)
+        self.sent_at = max(engine.clock.now(),
+                           self.record["started"] + self.record["snapshot_s"])
         engine._requester.request(
             p.engine_topic(self.target, "cmd"), "restore_code",
             {"snapshot": self.doc, "paused": True, "size": nbytes,

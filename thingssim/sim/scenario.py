@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from runtime.dispatcher import UnknownEngine, UnknownProgram
+
 from .network import BrokerProfile
 from .world import CostModel, World
 
@@ -77,6 +79,8 @@ class FaultSpec:
     duration: float | None = None
 
 
+#: how long an action waits for its engine or program to be known to the dispatcher
+_DISCOVERY_WAIT = 10.0
 _UNDO = {"crash": "reboot", "link_down": "link_up", "broker_down": "broker_up"}
 ACTIONS = ("run", "migrate", "pause", "resume", "kill", "spawn")
 FAULTS = ("crash", "reboot", "link_down", "link_up", "broker_down", "broker_up")
@@ -273,13 +277,14 @@ class _Runner:
             getattr(w.network, kind)()
             w.record_fault(kind, "broker")
 
-    def _act(self, kind: str, program: str, target: Any, spec: ProgramSpec | None = None
-             ) -> None:
+    def _act(self, kind: str, program: str, target: Any, spec: ProgramSpec | None = None,
+             row: dict | None = None) -> None:
         w, d = self.world, self.world.dispatcher
-        row = {"time": w.clock.now(), "action": kind, "program": program,
-               "target": ",".join(target) if isinstance(target, list) else target,
-               "done": None, "ok": None, "result": None}
-        w.actions.append(row)
+        if row is None:
+            row = {"time": w.clock.now(), "action": kind, "program": program,
+                   "target": ",".join(target) if isinstance(target, list) else target,
+                   "done": None, "ok": None, "result": None}
+            w.actions.append(row)
         try:
             if kind == "run":
                 self.code_names[program] = program
@@ -295,6 +300,14 @@ class _Runner:
                     fut = d.spawn_code(d.program(iid).engine, targets, program, iid)
                 else:
                     fut = getattr(d, f"{kind}_code")(iid)
+        except (UnknownEngine, UnknownProgram, ScenarioError) as exc:
+            # not discovered yet (e.g. at t=0, or a program still starting): retry a while
+            if w.clock.now() - row["time"] < _DISCOVERY_WAIT:
+                w.at(w.clock.now() + 0.1,
+                     lambda: self._act(kind, program, target, spec, row))
+                return
+            row.update(done=w.clock.now(), ok=False, result=f"{type(exc).__name__}: {exc}")
+            return
         except Exception as exc:  # recorded, the simulation goes on
             row.update(done=w.clock.now(), ok=False, result=f"{type(exc).__name__}: {exc}")
             return
@@ -319,6 +332,7 @@ class _Runner:
         migrations = []
         for engine in [b.engine for b in w.boards.values()] + w.retired_engines:
             migrations.extend(engine.migrations)
+        migrations.sort(key=lambda m: (m["started"], m["migration_id"]))
         program_rows = []
         for board in w.boards.values():
             for host in board.engine.programs.values():
@@ -355,7 +369,7 @@ class _Runner:
             actions=pd.DataFrame(w.actions, columns=["time", "action", "program", "target",
                                                      "done", "ok", "result"]),
             faults=pd.DataFrame(w.faults, columns=["time", "fault", "target"]),
-            stats=w.network.stats() if hasattr(w.network, "stats") else {})
+            stats=w.network.counters())
 
 
 _MIGRATION_COLUMNS = ["migration_id", "instance_id", "code_name", "source", "target",

@@ -8,8 +8,9 @@ Cost model (deterministic by default, so one seed gives byte-identical results):
   measured CPU time (``cost_model="measured"``: realistic, not reproducible), divided by
   the board's ``cpu_factor``; events queue for the board's cores (FIFO);
 - snapshot and restore cost ``*_cost_per_byte`` reference-seconds per byte;
-- messages a board publishes leave when its CPU is free (so a migration's transfer starts
-  after its snapshot is taken);
+- snapshot/restore run on the engine's thread (core 0), which also relays every message
+  the board publishes: messages leave when it is free (so a migration's transfer starts
+  after its snapshot is taken); program events run on any free core;
 - a program holds ``program_base_mb`` plus three times its source or snapshot size; a
   board refuses programs beyond its ``memory_mb``.
 """
@@ -101,7 +102,7 @@ class BoardTransport:
         return self.inner.connected
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        ready = self.board.cpu_ready()
+        ready = self.board.engine_ready()
         clock = self.board.world.clock
         if ready > clock.now():
             epoch = self.board.epoch
@@ -140,7 +141,8 @@ class BoardMeter:
         per_byte = self.model.snapshot_cost_per_byte if kind == "snapshot" else \
             self.model.restore_cost_per_byte
         cost = nbytes * per_byte if self.model.mode == "fixed" else seconds
-        spent = self._charge(cost)
+        spent = cost / self.board.profile.cpu_factor
+        self.board.occupy(spent, core=0)  # the engine's own thread
         self.board.cpu_seconds += spent
         return spent
 
@@ -213,12 +215,17 @@ class Board:
 
     # ---------------------------------------------------------------- CPU
     def cpu_ready(self) -> float:
+        """When some core is free (program events run on any core)."""
         return min(self.cores)
 
-    def occupy(self, seconds: float) -> None:
-        """Run ``seconds`` of work on the first free core."""
+    def engine_ready(self) -> float:
+        """When the engine's thread (core 0) is free: it relays every message."""
+        return self.cores[0]
+
+    def occupy(self, seconds: float, core: int | None = None) -> None:
+        """Run ``seconds`` of work on ``core``, or on the first free one."""
         now = self.world.clock.now()
-        i = min(range(len(self.cores)), key=self.cores.__getitem__)
+        i = min(range(len(self.cores)), key=self.cores.__getitem__) if core is None else core
         self.cores[i] = max(self.cores[i], now) + seconds
 
     def utilisation(self) -> float:

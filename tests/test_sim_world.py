@@ -1,0 +1,180 @@
+"""The real Dispatcher and CodeEngines on the simulated network of virtual boards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime import protocol as p
+from runtime.rpc import RemoteError
+from thingssim.sim.world import World
+
+COUNTER = """
+count = 0
+def tick():
+    global count
+    print(count)
+    count += 1
+things.set_interval(tick, 0.1)
+"""
+
+
+def consecutive(lines) -> list[int]:
+    numbers = [int(x) for x in lines]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+    return numbers
+
+
+def make_world(n: int = 3, seed: int = 0, **board) -> tuple[World, object]:
+    world = World(seed)
+    for i in range(n):
+        world.add_board(f"e{i}", board.pop("profile", "raspberry-pi-3"), **board)
+    d = world.add_dispatcher()
+    world.run(1.0)
+    return world, d
+
+
+def test_thingsjs_dispatcher_test_in_simulation():
+    world, d = make_world(3)
+    assert sorted(d.engines) == ["e0", "e1", "e2"]
+    assert {e.status for e in d.engines.values()} == {"idle"}
+    run = world.wait(d.run_code("e0", "counter", COUNTER))
+    iid = run["id"]
+    world.run(world.env.now + 1.0)
+    assert d.engines["e0"].status == "busy"
+    assert len(d.programs[iid].console) >= 5
+    moved = world.wait(d.move_code("e0", "e1", "counter", iid))
+    assert moved["id"] == iid and moved["engine"] == "e1"
+    world.run(world.env.now + 1.0)
+    assert d.engines["e0"].status == "idle" and d.engines["e1"].status == "busy"
+    assert d.programs[iid].engine == "e1"
+    numbers = consecutive(d.programs[iid].console)
+    assert numbers[0] == 0 and len(numbers) > 15  # strictly consecutive across the move
+    assert world.wait(d.pause_code(iid)) == "Paused"
+    world.run(world.env.now + 0.5)
+    assert d.programs[iid].status == "Paused" and d.engines["e1"].status == "idle"
+    assert world.wait(d.resume_code(iid)) == "Running"
+    assert world.wait(d.kill_code(iid)) == "Exited"
+    world.run(world.env.now + 0.5)
+    assert d.programs[iid].status == "Exited"
+    consecutive(d.programs[iid].console)
+
+
+def test_migration_timing_follows_the_link_model_and_phases_add_up():
+    bandwidth, latency = 10e6, 0.005
+    world, d = make_world(2, profile="desktop-vm", bandwidth=bandwidth, latency=latency,
+                          jitter=0.0)
+    big = "blob = [float(i) for i in range(125_000)]\n" + COUNTER  # about 1 MB of state
+    iid = world.wait(d.run_code("e0", "big", big))["id"]
+    world.run(world.env.now + 0.5)
+    result = world.wait(d.move_code("e0", "e1", "big", iid))
+    m = result["migration"]
+    size = m["snapshot_bytes"]
+    assert size > 1_000_000
+    wire = size * 8 / bandwidth  # on the source's uplink, then on the target's downlink
+    assert m["transfer_s"] >= 2 * wire + 2 * latency
+    assert m["transfer_s"] < 2 * wire + 0.2
+    total = m["snapshot_s"] + m["transfer_s"] + m["restore_s"] + m["commit_s"]
+    assert total == pytest.approx(m["total_s"], abs=1e-9)
+    assert m["commit_s"] >= 4 * latency  # a small round trip through the broker
+
+
+def test_failed_restore_keeps_the_program_on_the_source():
+    world, d = make_world(2)
+    iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
+    world.boards["e1"].engine._engine_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
+        p.ProtocolError(p.RESTORE_FAILED, "target refused"))
+    fut = d.move_code("e0", "e1", "counter", iid)
+    with pytest.raises(RemoteError, match="target refused"):
+        world.wait(fut)
+    world.run(world.env.now + 1.0)
+    assert list(world.boards["e0"].engine.programs) == [iid]
+    assert world.boards["e1"].engine.programs == {}
+    assert d.programs[iid].engine == "e0" and d.programs[iid].status == "Running"
+    consecutive(d.programs[iid].console)
+
+
+def test_target_crash_mid_migration_leaves_exactly_one_copy():
+    world, d = make_world(2)
+    iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
+    target = world.boards["e1"]
+    real_commit = target.engine._engine_cmds["commit_migration"]
+
+    def crash_instead(kwargs):
+        target.crash()
+        return real_commit(kwargs)
+
+    target.engine._engine_cmds["commit_migration"] = crash_instead
+    fut = d.move_code("e0", "e1", "counter", iid, timeout=120)
+    with pytest.raises(RemoteError):
+        world.wait(fut, timeout=120)
+    world.run(world.env.now + 1.0)
+    copies = [b.name for b in world.boards.values() if iid in b.engine.programs]
+    assert copies == ["e0"]
+    assert world.boards["e0"].engine.programs[iid].status.value == "Running"
+    consecutive(d.programs[iid].console)
+
+
+def test_board_crash_is_seen_through_the_last_will_within_1_5_keepalive():
+    world, d = make_world(2)
+    iid = world.wait(d.run_code("e1", "counter", COUNTER))["id"]
+    dead_at = []
+    d.on("engine-dead", lambda engine: dead_at.append((engine.id, world.env.now)))
+    crash_time = world.env.now
+    world.boards["e1"].crash()
+    world.run(crash_time + 1.5 * world.keepalive + 1.0)
+    assert [engine for engine, _ in dead_at] == ["e1"]
+    assert dead_at[0][1] - crash_time <= 1.5 * world.keepalive + 0.1
+    assert d.programs[iid].status == "Lost"
+    world.boards["e1"].reboot()
+    world.run(world.env.now + 2.0)
+    assert d.engines["e1"].status == "idle"
+
+
+def test_broker_outage_clients_reconnect_and_nothing_is_lost_at_qos1():
+    world, d = make_world(2)
+    iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
+    world.run(world.env.now + 1.0)
+    world.network.broker_down()
+    world.run(world.env.now + 3.0)
+    world.network.broker_up()
+    world.run(world.env.now + 15.0)
+    numbers = consecutive(d.programs[iid].console)  # console is published at QoS 1
+    assert len(numbers) > 150
+    assert world.wait(d.pause_code(iid)) == "Paused"  # commands work again
+
+
+def _traced(seed: int):
+    world = World(seed)
+    for i in range(2):
+        world.add_board(f"e{i}", "raspberry-pi-zero")  # lossy, jittery Wi-Fi
+    d = world.add_dispatcher()
+    world.run(1.0)
+    fut = d.run_code("e0", "counter", COUNTER)
+    world.run(8.0)
+    iid = fut.result()["id"]
+    d.move_code("e0", "e1", "counter", iid)
+    world.run(12.0)
+    return world.network.messages_frame()
+
+
+def test_same_seed_same_trace_and_another_seed_changes_it():
+    a, b, c = _traced(3), _traced(3), _traced(4)
+    assert a.to_csv(index=False) == b.to_csv(index=False)
+    assert a.to_csv(index=False) != c.to_csv(index=False)
+
+
+def test_malformed_payloads_on_the_simulated_network():
+    world, d = make_world(1)
+    iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
+    raw = d.transport
+    for topic in ("e0/cmd", p.ENGINE_REGISTRY_BCAST, p.PROGRAM_MONITOR_BCAST,
+                  f"counter/{iid}/cmd"):
+        for junk in (b"\x00", b"{", b"[]", b'{"ctrl": null}',
+                     json.dumps({"ctrl": "warp", "request_id": "x",
+                                 "reply_to": "dispatcher/reply"}).encode()):
+            raw.publish(topic, junk, qos=1)
+    world.run(world.env.now + 2.0)
+    assert world.boards["e0"].engine.running
+    assert world.wait(d.pause_code(iid)) == "Paused"
