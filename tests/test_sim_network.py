@@ -14,10 +14,11 @@ from thingssim.sim.network import PUBLISH_OVERHEAD, BrokerProfile, LinkProfile, 
 FAST = LinkProfile(latency=0.001, bandwidth=100e6)
 
 
-def world(seed: int = 1, broker: BrokerProfile = BrokerProfile(), trace: bool = True,
+def world(seed: int = 1, broker: BrokerProfile | None = None, trace: bool = True,
           **kwargs):
     env = simpy.Environment()
-    return env, Network(env, seed=seed, broker=broker, trace=trace, **kwargs)
+    return env, Network(env, seed=seed, broker=broker or BrokerProfile(), trace=trace,
+                        **kwargs)
 
 
 def recorder(env, into: list):
