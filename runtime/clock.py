@@ -27,16 +27,14 @@ class Clock(Protocol):
     def call_at(self, when: float, callback: Callable[[], Any]) -> TimerHandle:
         """Run ``callback()`` once at time ``when`` (or as soon as possible after it)."""
 
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> TimerHandle:
+        """Run ``callback()`` once, ``delay`` seconds from now."""
+
     def cancel(self, handle: TimerHandle) -> None:
         """Cancel a pending callback; cancelling a fired or cancelled one is a no-op."""
 
     def create_future(self) -> Any:
         """A future native to this clock's world (see :mod:`runtime.future`)."""
-
-
-def call_later(clock: Clock, delay: float, callback: Callable[[], Any]) -> TimerHandle:
-    """Relative scheduling on any clock."""
-    return clock.call_at(clock.now() + delay, callback)
 
 
 class _Entry:
@@ -71,6 +69,9 @@ class VirtualClock:
         entry = _Entry(max(float(when), self._now), next(self._seq), callback)
         heapq.heappush(self._queue, entry)
         return entry
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> _Entry:
+        return self.call_at(self._now + delay, callback)
 
     def cancel(self, handle: TimerHandle) -> None:
         handle.cancelled = True  # type: ignore[attr-defined]
@@ -126,6 +127,9 @@ class AsyncioClock:
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> Any:
         return self._loop.call_at(when, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
+        return self._loop.call_later(delay, callback)
 
     def cancel(self, handle: Any) -> None:
         handle.cancel()

@@ -178,3 +178,47 @@ def test_malformed_payloads_on_the_simulated_network():
     world.run(world.env.now + 2.0)
     assert world.boards["e0"].engine.running
     assert world.wait(d.pause_code(iid)) == "Paused"
+
+
+def test_a_simpy_process_yields_dispatcher_futures():
+    world, d = make_world(2)
+    log = []
+
+    def operator():
+        started = yield d.run_code("e0", "counter", COUNTER)
+        log.append(started["engine"])
+        yield world.env.timeout(1.0)
+        moved = yield d.move_code("e0", "e1", "counter", started["id"])
+        log.append(moved["engine"])
+        try:
+            yield d.pause_code("nope")
+        except Exception as exc:  # unknown program: raised before anything is sent
+            log.append(type(exc).__name__)
+
+    world.env.process(operator())
+    world.run(world.env.now + 10)
+    assert log == ["e0", "e1", "UnknownProgram"]
+
+
+def test_real_time_code_awaits_the_same_futures():
+    """The same Dispatcher and CodeEngine on asyncio (real time, in-process broker)."""
+    import asyncio
+
+    from runtime.clock import AsyncioClock
+    from runtime.dispatcher import Dispatcher
+    from runtime.engine import CodeEngine
+    from runtime.memory import MemoryBroker
+
+    async def main():
+        clock = AsyncioClock(asyncio.get_running_loop())
+        broker = MemoryBroker(clock)
+        CodeEngine(broker.client("e0"), clock, engine_id="e0", resource_period=None).start()
+        d = Dispatcher(broker.client("d"), clock).start()
+        await asyncio.sleep(0.05)
+        started = await d.run_code("e0", "counter", COUNTER)
+        await asyncio.sleep(0.35)
+        assert await d.pause_code(started["id"]) == "Paused"
+        return list(d.programs[started["id"]].console)
+
+    console = asyncio.run(main())
+    assert console[:3] == ["0", "1", "2"]

@@ -74,6 +74,9 @@ class BoardClock:
         handle.inner = self.world_clock.call_at(when, fire)
         return handle
 
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
+        return self.call_at(self.now() + delay, callback)
+
     def cancel(self, handle: Any) -> None:
         handle.cancelled = True
         self.world_clock.cancel(handle.inner)
