@@ -51,6 +51,7 @@ class CodeEngine:
         resource_period: float | None = 1.0,
         keepalive: float = 10.0,
         program_qos: int = 0,
+        program_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.id = p.check_name("engine id", engine_id)
         self.transport = transport
@@ -63,6 +64,9 @@ class CodeEngine:
         self.resource_period = resource_period
         self.keepalive = keepalive
         self.program_qos = program_qos
+        #: makes programs; None runs them in this process (the simulator), the worker
+        #: passes ``runtime.isolation.process_factory()`` (one process per program)
+        self.program_factory = program_factory
         self.programs: dict[str, ProgramHost] = {}
         self.migrations: list[dict] = []  # completed and failed migrations, with phases
         self.running = False
@@ -280,17 +284,20 @@ class CodeEngine:
         return host
 
     def _new_host(self, **kwargs: Any) -> ProgramHost:
+        """A program (restored ones paused), in-process or through ``program_factory``."""
+        made: list[Any] = []
         hooks = dict(clock=self.clock, publish=self._program_publish,
+                     console=lambda text: self._program_console(made[0], text),
                      on_status=self._on_program_status,
                      on_subscriptions=lambda h: self._sync_filters(),
                      on_event=self.meter.program_event)
-        snapshot = kwargs.pop("snapshot", None)
-        if snapshot is not None:
-            host = ProgramHost.restore(snapshot, paused=True, **hooks)
+        if self.program_factory is not None:
+            made.append(self.program_factory(**kwargs, **hooks))
+        elif kwargs.get("snapshot") is not None:
+            made.append(ProgramHost.restore(kwargs["snapshot"], paused=True, **hooks))
         else:
-            host = ProgramHost(kwargs.pop("source"), **kwargs, **hooks)
-        host._console_hook = lambda text, h=host: self._program_console(h, text)
-        return host
+            made.append(ProgramHost(kwargs.pop("source"), **kwargs, **hooks))
+        return made[0]
 
     def _admit(self, host: ProgramHost) -> None:
         try:
