@@ -62,10 +62,30 @@ class ProcessMeter:
         return {"memory": {"rss": rss}, "cpu": None, "device_memory": None}
 
     def program_usage(self, host: Any) -> dict:
+        """From /proc for a program in its own process, else from the host's counters."""
         now = self.clock.now()
+        pid = getattr(host, "pid", None)
+        cpu_total, rss = (host.cpu_time, None) if pid is None else _proc_usage(pid)
         before = self._last.get(id(host))
-        self._last[id(host)] = (now, host.cpu_time)
+        self._last[id(host)] = (now, cpu_total)
         cpu = None
-        if before is not None and now > before[0]:
-            cpu = 100.0 * (host.cpu_time - before[1]) / (now - before[0])
-        return {"memory": {"rss": None}, "cpu": cpu}
+        if before is not None and now > before[0] and cpu_total is not None \
+                and before[1] is not None:
+            cpu = round(100.0 * (cpu_total - before[1]) / (now - before[0]), 3)
+        return {"memory": {"rss": rss}, "cpu": cpu}
+
+
+def _proc_usage(pid: int) -> tuple[float | None, int | None]:
+    """(CPU seconds, resident bytes) of a process, from Linux's /proc; (None, None) elsewhere."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident = int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None, None
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return cpu, resident * os.sysconf("SC_PAGE_SIZE")

@@ -5,8 +5,9 @@
 
 The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) plus
 ``keepalive``, ``username``/``password``, ``tls`` (``ca_certs``, ``certfile``,
-``keyfile``), ``resource_period`` and ``on_shutdown`` (``"stop"``, or ``"migrate"`` to
-move every program to another live engine before leaving).
+``keyfile``), ``resource_period``, ``on_shutdown`` (``"stop"``, or ``"migrate"`` to
+move every program to another live engine before leaving), ``isolate`` (one process per
+program, default true), ``program_memory_limit_mb`` and ``max_callback_s``.
 
 Why asyncio: the core is single-threaded by design (it never runs two callbacks at
 once); asyncio gives it a real-time clock (``AsyncioClock``) and one thread to run on,
@@ -45,6 +46,9 @@ class WorkerConfig:
     resource_period: float | None = 1.0
     request_timeout: float = 10.0
     on_shutdown: str = "stop"
+    isolate: bool = True  # one process per program
+    program_memory_limit_mb: float | None = None  # RLIMIT_AS of each program process
+    max_callback_s: float | None = 30.0  # longer callbacks are interrupted (crash)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +102,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the engine until ``stop`` is set (or SIGINT/SIGTERM); returns an exit code."""
     from .clock import AsyncioClock
     from .engine import CodeEngine
+    from .isolation import process_factory
 
     loop = asyncio.get_running_loop()
     clock = AsyncioClock(loop)
@@ -105,7 +110,10 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     engine = CodeEngine(transport, clock, engine_id=config.id, device=config.device,
                         memory_limit=config.memory_limit, keepalive=config.keepalive,
                         resource_period=config.resource_period,
-                        request_timeout=config.request_timeout)
+                        request_timeout=config.request_timeout,
+                        program_factory=process_factory(config.program_memory_limit_mb,
+                                                        config.max_callback_s)
+                        if config.isolate else None)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

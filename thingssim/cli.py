@@ -159,13 +159,91 @@ def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool)
         click.echo(f"\nwritten: {', '.join(str(p) for p in paths)}")
 
 
-def _register_calibrate() -> None:
+_AUTH = [click.option("--username", "-u", default=None, help="Broker user name."),
+         click.option("--password", "-p", default=None, envvar="THINGSSIM_PASSWORD",
+                      help="Broker password (or THINGSSIM_PASSWORD).")]
+
+
+def _auth(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_AUTH):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-v", "--verbose", is_flag=True)
+def worker(config: Path, verbose: bool) -> None:
+    """Run a worker (CodeEngine) on a real broker, programs in child processes."""
+    from runtime import worker as w
+
+    sys.exit(w.main([str(config)] + (["-v"] if verbose else [])))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("url")
+@click.argument("action", type=click.Choice(["run", "pause", "resume", "kill", "migrate",
+                                             "spawn", "status"]))
+@click.argument("args", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@_auth
+def dispatch(url: str, action: str, args: tuple[str, ...], as_json: bool, timeout: float,
+             username: str | None, password: str | None) -> None:
+    """One command to the workers on broker URL, e.g. `dispatch mqtt://host run bbb1 p.py`."""
+    import asyncio
+    import json
+
+    from .remote import USER_ERRORS, connect, render, run_action
+
+    async def go() -> object:
+        d = await connect(url, username=username, password=password, timeout=timeout)
+        try:
+            return await run_action(d, action, list(args))
+        finally:
+            d.kill()
+
+    try:
+        result = asyncio.run(go())
+    except USER_ERRORS as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
+
+
+@main.command()
+@click.argument("url")
+@_auth
+def shell(url: str, username: str | None, password: str | None) -> None:
+    """An interactive console over the workers on broker URL."""
+    from .remote import USER_ERRORS, Shell
+
+    try:
+        console = Shell(url, username=username, password=password)
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    console.cmdloop()
+
+
+def _register_plugins() -> None:
+    """Commands that live next to what they drive."""
     from .calibrate import calibrate_command
 
     main.add_command(calibrate_command, "calibrate")
+    try:
+        from .broker import broker_command
+    except ImportError:  # pragma: no cover - being built
+        broker_command = None
+    if broker_command is not None:
+        main.add_command(broker_command, "broker")
+    try:
+        from .lab import lab_group
+    except ImportError:  # pragma: no cover
+        lab_group = None
+    if lab_group is not None:
+        main.add_command(lab_group, "lab")
 
 
-_register_calibrate()
+_register_plugins()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
