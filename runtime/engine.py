@@ -9,6 +9,9 @@ Migration is two-phase and never leaves zero or two *running* copies:
 1. source: pause, snapshot;            2. target: restore *paused* ("prepared");
 3. source -> target: commit (resume);  4. source: drop its paused copy, reply.
 
+Steps 2 and 3 (and an abort) travel on ``<target>/migrate``, not ``<target>/cmd``, so a
+broker ACL can let workers migrate to each other but not command each other.
+
 If the target fails or times out before confirming the commit, the source asks it to
 abort (drop its copy) and resumes only once the abort is confirmed or the target is
 known dead (its last will); until then the program stays paused on the source.
@@ -85,6 +88,9 @@ class CodeEngine:
             "spawn_code": self._cmd_spawn_code, "commit_migration": self._cmd_commit,
             "abort_migration": self._cmd_abort, "report": self._cmd_report,
         }
+        self._migrate_cmds: dict[str, Handler] = {
+            name: self._engine_cmds[name]
+            for name in ("restore_code", "commit_migration", "abort_migration")}
         self._program_cmds: dict[str, Handler] = {
             "pause": self._proc_pause, "resume": self._proc_resume,
             "snapshot": self._proc_snapshot, "kill": self._proc_kill,
@@ -96,6 +102,9 @@ class CodeEngine:
         t = self.transport
         t.add_connection_listener(self._on_connection)
         t.subscribe(p.engine_topic(self.id, "cmd"), self._on_engine_cmd, qos=1)
+        # engine-to-engine migration steps: a topic of their own, so a broker ACL can let
+        # workers migrate to each other without letting them send any other command
+        t.subscribe(p.engine_topic(self.id, "migrate"), self._on_migrate_cmd, qos=1)
         t.subscribe(p.ENGINE_REGISTRY_BCAST, self._on_bcast, qos=1)
         t.subscribe(p.PROGRAM_MONITOR_BCAST, self._on_program_bcast, qos=1)
         self._requester = Requester(t, self.clock, p.engine_topic(self.id, "reply"),
@@ -202,6 +211,9 @@ class CodeEngine:
     # ================================================================ commands
     def _on_engine_cmd(self, message: Message) -> None:
         self._handle(message, self._engine_cmds)
+
+    def _on_migrate_cmd(self, message: Message) -> None:
+        self._handle(message, self._migrate_cmds)
 
     def _handle(self, message: Message, handlers: dict[str, Handler], *extra: Any) -> None:
         if not self.running:
@@ -461,7 +473,7 @@ class CodeEngine:
         for target in targets:
             copy_id = f"{host.code_name}.{self.new_id()[:12]}"
             futures.append(self._requester.request(
-                p.engine_topic(target, "cmd"), "restore_code",
+                p.engine_topic(target, "migrate"), "restore_code",
                 {"snapshot": doc, "instance_id": copy_id}, self.request_timeout))
         from .future import gather
 
@@ -571,7 +583,7 @@ class _Migration:
         self.sent_at = max(engine.clock.now(),
                            self.record["started"] + self.record["snapshot_s"])
         engine._requester.request(
-            p.engine_topic(self.target, "cmd"), "restore_code",
+            p.engine_topic(self.target, "migrate"), "restore_code",
             {"snapshot": self.doc, "paused": True, "size": nbytes,
              "migration_id": self.record["migration_id"]},
             engine.request_timeout).add_done_callback(self._prepared)
@@ -595,7 +607,7 @@ class _Migration:
         self.record["transfer_s"] = max(0.0, now - self.sent_at - restore_s)
         self.acked_at = now
         self.engine._requester.request(
-            p.engine_topic(self.target, "cmd"), "commit_migration",
+            p.engine_topic(self.target, "migrate"), "commit_migration",
             {"instance_id": self.host.instance_id,
              "migration_id": self.record["migration_id"]},
             self.engine.request_timeout).add_done_callback(self._committed)
@@ -619,7 +631,7 @@ class _Migration:
     def _abort(self, reason: str) -> None:
         self.record["error"] = reason
         self.engine._requester.request(
-            p.engine_topic(self.target, "cmd"), "abort_migration",
+            p.engine_topic(self.target, "migrate"), "abort_migration",
             {"instance_id": self.host.instance_id,
              "migration_id": self.record["migration_id"]},
             self.engine.request_timeout).add_done_callback(

@@ -133,7 +133,7 @@ def test_failed_restore_on_the_target_keeps_the_program_running_on_the_source(la
     iid = lab.request("e0", "run_code", code_name="counter", source=COUNTER).result()["id"]
     lab.run(0.5)
     broken = lab.engines["e1"]
-    broken._engine_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
+    broken._migrate_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
         p.ProtocolError(p.RESTORE_FAILED, "disk full"))
     fut = lab.request("e0", "migrate_code", instance_id=iid, engine="e1")
     lab.run(0.5)
@@ -152,14 +152,14 @@ def test_target_crash_mid_migration_leaves_exactly_one_copy(lab):
     iid = lab.request("e0", "run_code", code_name="counter", source=FOREVER).result()["id"]
     lab.run(0.5)
     target = lab.engines["e1"]
-    original_commit = target._engine_cmds["commit_migration"]
+    original_commit = target._migrate_cmds["commit_migration"]
 
     def crash_on_commit(kwargs):  # prepared, then the board dies before committing
         target.crash()
         lab.transports["e1"].vanish()
         raise p.ProtocolError(p.INTERNAL, "unreachable")
 
-    target._engine_cmds["commit_migration"] = crash_on_commit
+    target._migrate_cmds["commit_migration"] = crash_on_commit
     fut = lab.request("e0", "migrate_code", instance_id=iid, engine="e1")
     lab.run(30)
     assert fut.done() and isinstance(fut.exception(), RemoteError)
@@ -168,7 +168,7 @@ def test_target_crash_mid_migration_leaves_exactly_one_copy(lab):
     assert lab.engines["e0"].programs[iid].status.value == "Running"
     numbers = _counting(lab.console(iid))
     assert numbers == list(range(len(numbers)))  # no value lost or repeated
-    target._engine_cmds["commit_migration"] = original_commit
+    target._migrate_cmds["commit_migration"] = original_commit
 
 
 def test_migration_to_a_silent_engine_times_out_and_resumes(lab):

@@ -83,7 +83,7 @@ def test_migration_timing_follows_the_link_model_and_phases_add_up():
 def test_failed_restore_keeps_the_program_on_the_source():
     world, d = make_world(2)
     iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
-    world.boards["e1"].engine._engine_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
+    world.boards["e1"].engine._migrate_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
         p.ProtocolError(p.RESTORE_FAILED, "target refused"))
     fut = d.move_code("e0", "e1", "counter", iid)
     with pytest.raises(RemoteError, match="target refused"):
@@ -99,13 +99,13 @@ def test_target_crash_mid_migration_leaves_exactly_one_copy():
     world, d = make_world(2)
     iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
     target = world.boards["e1"]
-    real_commit = target.engine._engine_cmds["commit_migration"]
+    real_commit = target.engine._migrate_cmds["commit_migration"]
 
     def crash_instead(kwargs):
         target.crash()
         return real_commit(kwargs)
 
-    target.engine._engine_cmds["commit_migration"] = crash_instead
+    target.engine._migrate_cmds["commit_migration"] = crash_instead
     fut = d.move_code("e0", "e1", "counter", iid, timeout=120)
     with pytest.raises(RemoteError):
         world.wait(fut, timeout=120)

@@ -1,0 +1,262 @@
+"""The emulated board lab (thingssim.lab): namespaces, shaped links, broker, workers, cleanup.
+
+These tests create network namespaces, so they need root, iproute2 and Mosquitto (CI has
+them); elsewhere they are skipped with the reason. Each run uses its own prefix and subnet
+and removes everything it made, even when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from thingssim import lab as labmod
+from thingssim.lab import LabError, lab_down, lab_group, lab_up
+from thingssim.sim.boards import get_profile
+
+
+def _skip_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "the board lab needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the board lab needs root (network namespaces, veth, tc)"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "the board lab needs iproute2 (ip, tc)"
+    if (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")) is None:
+        return "the board lab needs Mosquitto"
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        return "needs paho-mqtt"
+    return None
+
+
+needs_lab = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+PROBE = r'''
+"""Lab test worker: retained hello, then MQTT round trips and a bulk round trip."""
+import json, statistics, sys, threading, time
+from urllib.parse import urlparse
+import paho.mqtt.client as mqtt
+
+cfg = json.load(open(sys.argv[1]))
+wid = cfg["id"]
+u = urlparse(cfg["pubsub_url"])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=wid)
+c.connect(u.hostname, u.port or 1883, keepalive=cfg["keepalive"])
+c.loop_start()
+c.publish(f"lab/hello/{wid}", wid, qos=1, retain=True).wait_for_publish(5)
+
+def pings(topic, n, size):
+    got, subbed = threading.Event(), threading.Event()
+    c.message_callback_add(topic, lambda *_: got.set())
+    c.on_subscribe = lambda *_: subbed.set()
+    c.subscribe(topic)
+    subbed.wait(5)
+    out = []
+    for _ in range(n):
+        got.clear()
+        t = time.perf_counter()
+        c.publish(topic, b"x" * size)
+        if not got.wait(5):
+            raise SystemExit("ping lost")
+        out.append(time.perf_counter() - t)
+    return out
+
+result = {"id": wid, "rtt_ms": statistics.median(pings(f"lab/ping/{wid}", 35, 16)[5:]) * 1e3}
+size = 1_000_000
+result["bulk_s"] = min(pings(f"lab/bulk/{wid}", 2, size))
+result["bulk_bytes"] = size
+c.publish(f"lab/rtt/{wid}", json.dumps(result), qos=1, retain=True).wait_for_publish(5)
+print(json.dumps(result), flush=True)
+while True:
+    time.sleep(3600)
+'''
+
+
+@pytest.fixture
+def prefix():
+    """A fresh lab prefix (and subnet), torn down after the test whatever happens."""
+    name = "tl" + secrets.token_hex(4)
+    yield name
+    with contextlib.suppress(Exception):
+        lab_down(name)
+
+
+def _subnet() -> str:
+    return f"10.78.{secrets.randbelow(250) + 1}.0/24"
+
+
+def _mqtt(url: str):
+    import paho.mqtt.client as mqtt
+
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="host-" + secrets.token_hex(3))
+    client.connect(host, int(port), keepalive=10)
+    client.loop_start()
+    return client
+
+
+def _collect(client, topic_filter: str, want: set[str], timeout: float) -> dict[str, bytes]:
+    """Messages on ``topic_filter`` until every topic in ``want`` has arrived."""
+    got: dict[str, bytes] = {}
+    done = threading.Event()
+
+    def on_message(_c, _u, msg):
+        got[msg.topic] = msg.payload
+        if want <= set(got):
+            done.set()
+
+    client.message_callback_add(topic_filter, on_message)
+    client.subscribe(topic_filter, qos=1)
+    done.wait(timeout)
+    return got
+
+
+def _host_rtt_ms(client, n: int = 30) -> float:
+    topic = "lab/hostping/" + secrets.token_hex(3)
+    got, subbed = threading.Event(), threading.Event()
+    client.message_callback_add(topic, lambda *_: got.set())
+    client.on_subscribe = lambda *_: subbed.set()
+    client.subscribe(topic)
+    assert subbed.wait(5)
+    samples = []
+    for _ in range(n + 5):
+        got.clear()
+        t = time.perf_counter()
+        client.publish(topic, b"x" * 16)
+        assert got.wait(5)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples[5:]) * 1e3
+
+
+def _leftovers(prefix: str, pids: list[tuple[int, int | None]]) -> list[str]:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    out = [line for line in netns.splitlines() if line.startswith(prefix + "-")]
+    out += [line for line in links.splitlines() if prefix in line]
+    out += [f"pid {pid}" for pid, start in pids if labmod._pid_alive(pid, start)]
+    return out
+
+
+@needs_lab
+def test_lab_two_shaped_workers(prefix, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    profiles = ["raspberry-pi-3", "raspberry-pi-zero"]
+    t0 = time.monotonic()
+    lab = lab_up(2, profiles, prefix=prefix, subnet=_subnet(),
+                 worker_command=[sys.executable, str(probe), "{config}"])
+    pids = [(lab.broker_pid, lab.broker_start)]
+    for w in lab.workers:
+        pids += [(w.pid, w.pid_start), (w.relay_pid, w.relay_start)]
+    pids = [p for p in pids if p[0]]
+    client = None
+    try:
+        assert time.monotonic() - t0 < 8
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for ns in (f"{prefix}-broker", f"{prefix}-w1", f"{prefix}-w2"):
+            assert ns in netns
+        assert [w.profile for w in lab.workers] == profiles
+        assert all(w.shaping in ("tbf+relay", "netem") for w in lab.workers)
+        state = json.loads(Path(lab.state_file).read_text())
+        assert [w["shaping"] for w in state["workers"]] == [w.shaping for w in lab.workers]
+        config = json.loads(Path(lab.workers[1].config_file).read_text())
+        assert config == {"pubsub_url": lab.workers[1].pubsub_url, "id": "w2",
+                          "device": "raspberry-pi-zero", "memory_limit": 380, "keepalive": 10}
+
+        # the broker is reachable from the host; every worker's hello and results arrive
+        client = _mqtt(lab.broker_url)
+        want = {"lab/hello/w1", "lab/hello/w2", "lab/rtt/w1", "lab/rtt/w2"}
+        got = _collect(client, "lab/#", want, timeout=15)
+        assert want <= set(got), (set(got), [Path(w.log_file).read_text() for w in lab.workers])
+        assert got["lab/hello/w1"] == b"w1"
+        host_ms = _host_rtt_ms(client)
+
+        # a round trip through a shaped link costs ~2 x latency + mean jitter (2 x J/2) more
+        extra = {}
+        for w in lab.workers:
+            result = json.loads(got[f"lab/rtt/{w.name}"])
+            p = get_profile(w.profile)
+            expected = (2 * p.latency + p.jitter) * 1e3
+            extra[w.name] = result["rtt_ms"] - host_ms
+            assert 0.75 * expected - 0.05 < extra[w.name] < 1.25 * expected + 1.0, \
+                (w.name, result, host_ms, expected)
+            # 1 MB up and 1 MB down through the shaped link at about the profile's goodput
+            goodput = 2 * 8 * result["bulk_bytes"] / result["bulk_s"]
+            assert 0.6 * p.bandwidth < goodput < 1.15 * p.bandwidth, (w.name, goodput)
+        assert extra["w2"] > extra["w1"] + 3.0  # the Pi Zero's Wi-Fi vs the Pi 3's Ethernet
+
+        status = CliRunner().invoke(lab_group, ["status", "--prefix", prefix])
+        assert status.exit_code == 0, status.output
+        lines = status.output.splitlines()
+        assert lines[0].split() == ["worker", "namespace", "address", "profile", "shaping",
+                                    "alive"]
+        for w in lab.workers:
+            row = next(line.split() for line in lines if line.startswith(w.name + " "))
+            assert row == [w.name, w.namespace, w.address, w.profile, w.shaping, "yes"]
+    finally:
+        if client is not None:
+            client.loop_stop()
+            client.disconnect()
+        removed = lab_down(prefix)
+    assert any("netns" in r for r in removed)
+    assert _leftovers(prefix, pids) == []
+    assert not Path(lab.state_dir).exists()
+    assert lab_down(prefix) == []  # idempotent
+
+
+@needs_lab
+def test_lab_bad_profile_leaves_nothing(prefix):
+    with pytest.raises(LabError, match="unknown board profile 'nope'"):
+        lab_up(1, ["nope"], prefix=prefix, subnet=_subnet())
+    assert _leftovers(prefix, []) == []
+
+
+def test_lab_without_root_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(labmod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(labmod.shutil, "which", lambda name, **_: f"/usr/sbin/{name}")
+    with pytest.raises(LabError, match="needs root"):
+        lab_up(1)
+    monkeypatch.setattr(labmod.shutil, "which", lambda name, **_: None)
+    with pytest.raises(LabError, match="iproute2"):
+        lab_down("tslab")
+
+
+def _real_worker_missing() -> str | None:
+    proc = subprocess.run([sys.executable, "-m", "thingssim.cli", "worker", "--help"],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else "`thingssim worker` does not exist yet"
+
+
+@needs_lab
+def test_lab_real_workers(prefix):
+    reason = _real_worker_missing()
+    if reason:
+        pytest.skip(reason)
+    lab = lab_up(2, ["raspberry-pi-3", "raspberry-pi-zero"], prefix=prefix, subnet=_subnet())
+    client = None
+    try:
+        client = _mqtt(lab.broker_url)
+        want = {"engine-registry/state/w1", "engine-registry/state/w2"}
+        got = _collect(client, "engine-registry/state/+", want, timeout=15)
+        assert want <= set(got), [Path(w.log_file).read_text() for w in lab.workers]
+        assert all(w.alive for w in lab.workers)
+    finally:
+        if client is not None:
+            client.loop_stop()
+            client.disconnect()
+        lab_down(prefix)
+    assert _leftovers(prefix, []) == []
