@@ -89,6 +89,24 @@ _SUBSCRIBE_CHUNK = 64  # filters per SUBSCRIBE packet when re-subscribing
 _SEEN_LIMIT = 4096  # topics remembered per handler to keep retained copies single
 _DISPATCH_CACHE_LIMIT = 10_000
 
+
+
+class _DemoteExpected(logging.Filter):
+    """paho logs expected events (a clean disconnect, a broker going away) as errors;
+    we report those ourselves, so its versions go to DEBUG."""
+
+    EXPECTED = ("Client is not connected", "failed to receive on socket",
+                "failed to send on socket", "Connection failed, retrying")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.EXPECTED):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_PAHO_LOG = logging.getLogger(__name__ + ".paho")
+_PAHO_LOG.addFilter(_DemoteExpected())
+
 IDLE, CONNECTING, CONNECTED, LOST, FAILED = "idle", "connecting", "connected", "lost", "failed"
 
 
@@ -378,7 +396,7 @@ class MqttTransport:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv311, clean_session=clean_session)
         client.suppress_exceptions = True  # a bug in a callback is logged, never kills I/O
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        client.enable_logger(_PAHO_LOG)
         if self.username is not None:
             client.username_pw_set(self.username, self._password)
         if self.tls is not None:

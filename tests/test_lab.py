@@ -109,8 +109,10 @@ def _mqtt(url: str):
     return client
 
 
-def _collect(client, topic_filter: str, want: set[str], timeout: float) -> dict[str, bytes]:
-    """Messages on ``topic_filter`` until every topic in ``want`` has arrived."""
+def _collect(client, topic_filter: str, want: set[str], timeout: float,
+             workers=()) -> dict[str, bytes]:
+    """Messages on ``topic_filter`` until every topic in ``want`` has arrived (or every
+    one of ``workers`` has exited: no point in waiting then)."""
     got: dict[str, bytes] = {}
     done = threading.Event()
 
@@ -121,8 +123,12 @@ def _collect(client, topic_filter: str, want: set[str], timeout: float) -> dict[
 
     client.message_callback_add(topic_filter, on_message)
     client.subscribe(topic_filter, qos=1)
-    done.wait(timeout)
-    return got
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.1) and time.monotonic() < deadline:
+        if workers and not any(w.alive for w in workers):
+            done.wait(0.5)
+            break
+    return dict(got)
 
 
 def _host_rtt_ms(client, n: int = 30) -> float:
@@ -180,7 +186,7 @@ def test_lab_two_shaped_workers(prefix, tmp_path):
         # the broker is reachable from the host; every worker's hello and results arrive
         client = _mqtt(lab.broker_url)
         want = {"lab/hello/w1", "lab/hello/w2", "lab/rtt/w1", "lab/rtt/w2"}
-        got = _collect(client, "lab/#", want, timeout=15)
+        got = _collect(client, "lab/#", want, timeout=15, workers=lab.workers)
         assert want <= set(got), (set(got), [Path(w.log_file).read_text() for w in lab.workers])
         assert got["lab/hello/w1"] == b"w1"
         host_ms = _host_rtt_ms(client)
@@ -251,8 +257,10 @@ def test_lab_real_workers(prefix):
     try:
         client = _mqtt(lab.broker_url)
         want = {"engine-registry/state/w1", "engine-registry/state/w2"}
-        got = _collect(client, "engine-registry/state/+", want, timeout=15)
+        got = _collect(client, "engine-registry/state/+", want, timeout=15,
+                       workers=lab.workers)
         assert want <= set(got), [Path(w.log_file).read_text() for w in lab.workers]
+        assert not any(b'"dead"' in payload for payload in got.values()), got
         assert all(w.alive for w in lab.workers)
     finally:
         if client is not None:
