@@ -1,0 +1,250 @@
+"""Real workers (separate processes, programs in child processes) on a real Mosquitto.
+
+The broker is started by the fixture on a free loopback port (Mosquitto when installed,
+else amqtt); the tests are skipped with the reason when neither is available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime import protocol as p
+from runtime.clock import AsyncioClock
+from runtime.dispatcher import Dispatcher
+from runtime.rpc import RemoteError
+from thingssim.broker import BrokerError, find_mosquitto, start_broker
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTER = """
+n = 0
+def tick():
+    global n
+    print(n)
+    n += 1
+things.set_interval(tick, 0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def broker():
+    try:
+        handle = start_broker(config={"persistence": True})
+    except BrokerError as exc:
+        pytest.skip(f"no MQTT broker available: {exc}")
+    yield handle
+    handle.stop()
+
+
+class Workers:
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.url, self.tmp, self.procs = url, tmp, {}
+
+    def start(self, wid: str, **config) -> subprocess.Popen:
+        path = self.tmp / f"{wid}.json"
+        path.write_text(json.dumps({"pubsub_url": self.url, "id": wid, "keepalive": 2,
+                                    "resource_period": 0.5, **config}))
+        log = open(self.tmp / f"{wid}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.worker", str(path)],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.procs[wid] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture()
+def workers(broker, tmp_path):
+    w = Workers(broker.url, tmp_path)
+    yield w
+    w.stop_all()
+
+
+async def dispatcher(url: str, engines: list[str], timeout: float = 20.0) -> Dispatcher:
+    from runtime.mqtt import MqttTransport
+
+    loop = asyncio.get_running_loop()
+    d = Dispatcher(MqttTransport(url, client_id=f"test-{os.getpid()}-{time.time_ns()}",
+                                 loop=loop), AsyncioClock(loop), {"id": "tester"})
+    d.start()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if all(d.engines.get(e) and d.engines[e].status != "dead" for e in engines):
+            return d
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"engines not seen: {engines}, have {list(d.engines)}")
+
+
+def consecutive(lines) -> list[int]:
+    numbers = [int(x) for x in lines]
+    assert numbers == list(range(len(numbers))), numbers
+    return numbers
+
+
+def test_run_pause_resume_migrate_spawn_kill_across_worker_processes(broker, workers):
+    workers.start("w1")
+    workers.start("w2")
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1", "w2"])
+        iid = (await d.run_code("w1", "counter", COUNTER))["id"]
+        await asyncio.sleep(0.4)
+        assert await d.pause_code(iid) == "Paused"
+        paused_at = len(d.programs[iid].console)
+        await asyncio.sleep(0.3)
+        assert len(d.programs[iid].console) <= paused_at + 1  # nothing runs while paused
+        assert await d.resume_code(iid) == "Running"
+        moved = await d.move_code("w1", "w2", "counter", iid)
+        assert moved["engine"] == "w2" and moved["migration"]["ok"]
+        await asyncio.sleep(0.5)
+        assert d.engines["w1"].status == "idle" and d.engines["w2"].status == "busy"
+        copies = await d.spawn_code("w2", ["w1"], "counter", iid)
+        assert copies[0]["engine"] == "w1" and copies[0]["id"] != iid
+        await asyncio.sleep(0.3)
+        assert await d.kill_code(iid) == "Exited"
+        assert await d.kill_code(copies[0]["id"]) == "Exited"
+        await asyncio.sleep(0.3)
+        d.kill()
+        return list(d.programs[iid].console)
+
+    console = asyncio.run(main())
+    assert len(consecutive(console)) > 10  # no gap, no repeat across the move
+
+
+def test_sigkilled_worker_is_reported_dead_and_its_programs_lost(broker, workers):
+    workers.start("w1")
+    victim = workers.start("w2")
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1", "w2"])
+        iid = (await d.run_code("w2", "counter", COUNTER))["id"]
+        await asyncio.sleep(0.3)
+        killed = asyncio.get_running_loop().time()
+        victim.send_signal(signal.SIGKILL)
+        while d.engines["w2"].status != "dead":
+            await asyncio.sleep(0.05)
+            assert asyncio.get_running_loop().time() - killed < 1.5 * 2 + 1.0
+        assert d.programs[iid].status == "Lost"
+        d.kill()
+
+    asyncio.run(main())
+
+
+def test_broker_restart_reconnects_everyone_and_no_command_is_lost_or_repeated(broker, workers):
+    workers.start("w1")
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1"])
+        iid = (await d.run_code("w1", "counter", COUNTER))["id"]
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, broker.stop)
+        pending = d.run_code("w1", "second", COUNTER)  # sent while the broker is down
+        await asyncio.sleep(0.5)
+        await loop.run_in_executor(None, broker.start)
+        second = await asyncio.wait_for(pending, 30)
+        await asyncio.sleep(1.0)
+        assert await d.pause_code(iid) == "Paused"
+        programs = d.engines["w1"].report.get("procs", {})
+        assert set(programs) == {iid, second["id"]}  # run once, not lost, not twice
+        d.kill()
+
+    asyncio.run(main())
+
+
+def test_bad_programs_do_not_hurt_the_worker(broker, workers):
+    workers.start("w1", program_memory_limit_mb=400, max_callback_s=0.5)
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1"])
+        good = (await d.run_code("w1", "good", COUNTER))["id"]
+        bad = {}
+        for name, source in {
+            "raises": "def f():\n    raise KeyError('x')\nthings.set_timeout(f, 0.05)\n",
+            "loops": "def f():\n    while True:\n        pass\nthings.set_timeout(f, 0.05)\n",
+            "hogs": "def f():\n    global b\n    b = bytearray(3 * 1024**3)\n"
+                    "things.set_timeout(f, 0.05)\n",
+        }.items():
+            bad[name] = (await d.run_code("w1", name, source))["id"]
+        await asyncio.sleep(2.0)
+        for name, iid in bad.items():
+            assert d.programs[iid].status == "Crashed", name
+        assert d.programs[good].status == "Running"
+        assert await d.pause_code(good) == "Paused"
+        d.kill()
+        return list(d.programs[good].console)
+
+    assert len(consecutive(asyncio.run(main()))) > 20
+
+
+def test_error_replies_over_mqtt(broker, workers):
+    workers.start("w1")
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1"])
+        with pytest.raises(RemoteError) as info:
+            await d._engine_request("w1", "warp_drive", {})
+        assert info.value.code == p.UNKNOWN_CTRL
+        with pytest.raises(RemoteError) as info:
+            await d.run_code("w1", "bad", "def (:")
+        assert info.value.code == p.BAD_PROGRAM
+        d.kill()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(find_mosquitto("mosquitto_pub") is None,
+                    reason="Mosquitto's command-line clients are not installed")
+def test_interoperability_with_mosquitto_command_line_clients(broker, workers):
+    """Drive workers with mosquitto_pub/mosquitto_sub alone: run, read console, migrate."""
+    workers.start("w1")
+    workers.start("w2")
+    host, port = "127.0.0.1", str(broker.port)
+    time.sleep(1.5)
+
+    def pub(topic: str, payload: dict) -> None:
+        subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", topic,
+                        "-m", json.dumps(payload)], check=True, timeout=10)
+
+    def sub(topic: str, count: int, timeout: int = 10) -> list:
+        out = subprocess.run(["mosquitto_sub", "-h", host, "-p", port, "-q", "1", "-t", topic,
+                              "-C", str(count), "-W", str(timeout)], capture_output=True,
+                             text=True, timeout=timeout + 5)
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    replies = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", port, "-q", "1", "-t",
+                                "cli/reply", "-C", "2", "-W", "20"], stdout=subprocess.PIPE,
+                               text=True)
+    time.sleep(0.3)
+    pub("w1/cmd", {"ctrl": "run_code", "request_id": "r1", "reply_to": "cli/reply",
+                   "kwargs": {"code_name": "counter", "source": COUNTER}})
+    time.sleep(0.5)
+    console = sub("counter/+/console", 5)
+    assert len(console) == 5 and all(isinstance(line, list) for line in console)
+    # find the instance id from the retained registry entry
+    state = sub("engine-registry/state/w1", 1)[0]
+    iid = next(iter(state["procs"]))
+    pub("w1/cmd", {"ctrl": "migrate_code", "request_id": "r2", "reply_to": "cli/reply",
+                   "kwargs": {"instance_id": iid, "engine": "w2"}})
+    out, _ = replies.communicate(timeout=25)
+    answers = {r["reply_id"]: r for r in map(json.loads, out.splitlines())}
+    assert answers["r1"]["payload"]["status"] == "Running"
+    assert answers["r2"]["payload"]["engine"] == "w2"
+    assert sub("engine-registry/state/w2", 1)[0]["procs"][iid]["status"] == "Running"
