@@ -79,6 +79,8 @@ def decode(data: bytes) -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(BAD_REQUEST, f"payload is not UTF-8 JSON: {exc}") from None
+    except RecursionError:  # hostile nesting: [[[[...]]]]
+        raise ProtocolError(BAD_REQUEST, "payload is nested too deeply") from None
 
 
 @dataclass
