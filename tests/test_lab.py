@@ -268,3 +268,45 @@ def test_lab_real_workers(prefix):
             client.disconnect()
         lab_down(prefix)
     assert _leftovers(prefix, []) == []
+
+
+@needs_lab
+def test_lab_migrates_a_program_across_two_emulated_boards(prefix):
+    """lab up, run a counter on a Pi 3, migrate it to a Pi Zero (shaped links), lab down."""
+    import asyncio
+
+    from runtime.clock import AsyncioClock
+    from runtime.dispatcher import Dispatcher
+    from runtime.mqtt import MqttTransport
+
+    source = ("n = 0\ndef tick():\n    global n\n    print(n)\n    n += 1\n"
+              "things.set_interval(tick, 0.05)\n")
+
+    async def scenario(url: str) -> tuple[list[str], dict]:
+        loop = asyncio.get_running_loop()
+        d = Dispatcher(MqttTransport(url, client_id=f"{prefix}-d", loop=loop),
+                       AsyncioClock(loop), {"id": "labdisp"})
+        d.start()
+        for _ in range(300):
+            if {"w1", "w2"} <= {e for e, h in d.engines.items() if h.status != "dead"}:
+                break
+            await asyncio.sleep(0.05)
+        iid = (await d.run_code("w1", "counter", source))["id"]
+        await asyncio.sleep(0.5)
+        moved = await d.move_code("w1", "w2", "counter", iid)
+        await asyncio.sleep(0.5)
+        assert d.programs[iid].engine == "w2"
+        await d.kill_code(iid)
+        console = list(d.programs[iid].console)
+        d.kill()
+        return console, moved["migration"]
+
+    lab = lab_up(2, ["raspberry-pi-3", "raspberry-pi-zero"], prefix=prefix, subnet=_subnet())
+    try:
+        console, migration = asyncio.run(scenario(lab.broker_url))
+    finally:
+        lab_down(prefix)
+    numbers = [int(x) for x in console]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 10
+    assert migration["ok"] and migration["transfer_s"] > 0.002  # crossed shaped links
+    assert _leftovers(prefix, []) == []

@@ -248,3 +248,26 @@ def test_interoperability_with_mosquitto_command_line_clients(broker, workers):
     assert answers["r1"]["payload"]["status"] == "Running"
     assert answers["r2"]["payload"]["engine"] == "w2"
     assert sub("engine-registry/state/w2", 1)[0]["procs"][iid]["status"] == "Running"
+
+
+def test_sigterm_reports_dead_and_migrates_programs_away(broker, workers):
+    workers.start("w1")
+    leaving = workers.start("w2", on_shutdown="migrate")
+
+    async def main():
+        d = await dispatcher(broker.url, ["w1", "w2"])
+        iid = (await d.run_code("w2", "counter", COUNTER))["id"]
+        await asyncio.sleep(0.3)
+        leaving.send_signal(signal.SIGTERM)
+        for _ in range(200):
+            if d.engines["w2"].status == "dead" and d.programs[iid].engine == "w1":
+                break
+            await asyncio.sleep(0.05)
+        assert d.engines["w2"].status == "dead"
+        assert d.programs[iid].engine == "w1" and d.programs[iid].status == "Running"
+        await asyncio.sleep(0.3)
+        d.kill()
+        return list(d.programs[iid].console)
+
+    assert len(consecutive(asyncio.run(main()))) > 5
+    assert leaving.wait(timeout=10) == 0
