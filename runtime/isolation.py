@@ -16,6 +16,7 @@ raw body (payloads and console text travel unencoded).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -138,12 +139,7 @@ class ProcessProgram:
         self._timeout = request_timeout or (max_callback_s or 30.0) + 5.0
         self._next_id = 0
         self._closed = False
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.child"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            preexec_fn=_limit_memory(memory_limit_mb), close_fds=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                [_package_root()] + os.environ.get("PYTHONPATH", "").split(os.pathsep))})
+        self.proc = _WARM.take(memory_limit_mb)
         self.pid = self.proc.pid
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._frames = FrameBuffer(self.proc.stdout.fileno())
@@ -346,6 +342,41 @@ class ProcessProgram:
                 stream.close()
             except OSError:
                 pass
+
+
+def _spawn(memory_limit_mb: float | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.child"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        preexec_fn=_limit_memory(memory_limit_mb), close_fds=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [_package_root()] + os.environ.get("PYTHONPATH", "").split(os.pathsep))})
+
+
+class _WarmPool:
+    """One started, idle child per memory limit: starting Python and importing the runtime
+    (~70 ms) happens before a program needs it, e.g. while a migration's snapshot travels."""
+
+    def __init__(self) -> None:
+        self._idle: dict[float | None, subprocess.Popen] = {}
+
+    def take(self, memory_limit_mb: float | None) -> subprocess.Popen:
+        proc = self._idle.pop(memory_limit_mb, None)
+        if proc is None or proc.poll() is not None:
+            proc = _spawn(memory_limit_mb)
+        self._idle[memory_limit_mb] = _spawn(memory_limit_mb)  # the next one warms up
+        return proc
+
+    def close(self) -> None:
+        for proc in self._idle.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._idle.clear()
+
+
+_WARM = _WarmPool()
+atexit.register(_WARM.close)
 
 
 def _package_root() -> str:
