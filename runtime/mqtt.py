@@ -6,23 +6,34 @@ paho-mqtt 2.x, MQTT 3.1.1, standard library otherwise::
                               loop=clock.loop)
     engine = CodeEngine(transport, clock, engine_id="bbb-1").start()   # connects
 
-**Threads.**  paho runs its network loop in its own thread (``loop_start()``).  Every
-incoming message and every connection change is handed to the asyncio loop the core runs
-on with ``loop.call_soon_threadsafe``, one callback per event in arrival order, so
-handlers and listeners run on the loop thread, one at a time, in the order paho read the
-packets.  The core calls ``publish``/``subscribe``/``unsubscribe`` on the loop thread.
-What that relies on in paho 2.x: ``Client.publish``, ``subscribe`` and ``unsubscribe``
-append the packet to a ``deque`` (atomic under the GIL), guard QoS > 0 state with
-``_out_message_mutex`` and wake the network thread through its socket pair; the network
-thread does all socket writes and reads.  The table of filters that the network thread
-re-subscribes on reconnect is guarded by a lock here; handler tables are touched only on
-the loop thread.
+**Threads** (``io="thread"``, the default).  paho runs its network loop in its own
+thread (``loop_start()``).  Every incoming message and every connection change is handed
+to the asyncio loop the core runs on with ``loop.call_soon_threadsafe``, one callback per
+event in arrival order, so handlers and listeners run on the loop thread, one at a time,
+in the order paho read the packets.  The core calls ``publish``/``subscribe``/
+``unsubscribe`` on the loop thread.  What that relies on in paho 2.x: ``Client.publish``,
+``subscribe`` and ``unsubscribe`` append the packet to a ``deque`` (atomic under the
+GIL), guard QoS > 0 state with ``_out_message_mutex`` and wake the network thread
+through its socket pair; the network thread does all socket reads and writes.  The table
+of filters that the network thread re-subscribes on reconnect is guarded by a lock here;
+handler tables are touched only on the loop thread.
+
+**No thread** (``io="asyncio"``).  paho's socket is driven by the asyncio loop itself
+(``add_reader``/``add_writer`` and a 1 s ``loop_misc`` timer, paho's documented
+external-loop mode): handlers run directly as packets are read, with no thread hand-off
+and no GIL contention, about twice as fast per request/reply.  Only the blocking part of
+a (re)connection (TCP connect, TLS handshake, session purge) runs in the loop's default
+executor; the back-off between attempts is the same.  A loop blocked for longer than
+1.5 x keepalive (a callback that never returns) gets its connection dropped by the
+broker; the threaded mode keeps answering pings meanwhile.
 
 **Connections.**  ``connect()`` sets the will, calls ``connect_async`` and
 ``loop_start`` and returns at once; paho reconnects by itself with a back-off between
 ``reconnect_min`` and ``reconnect_max`` seconds.  On every successful CONNACK the
 network thread re-subscribes every filter at its QoS (before paho re-sends the QoS 1
-messages it kept), then listeners are told ``True``; on a lost connection they are told
+messages it kept); once the broker has acknowledged them all, ``connected`` turns True
+and listeners are told ``True`` (so anything published to this client from then on
+reaches it); on a lost connection they are told
 ``False`` (not after a clean ``disconnect()``).  A refusal that retrying cannot fix (bad
 user name or password, not authorised, identifier rejected, protocol version) is logged
 once as an error, kept in :attr:`MqttTransport.connect_error`, and stops the retries;
@@ -203,6 +214,7 @@ class MqttTransport:
         max_queued: int = 10_000,
         max_inflight: int = 100,
         connect_timeout: float = 5.0,
+        io: str = "thread",
     ) -> None:
         if not isinstance(client_id, str) or not client_id:
             raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
@@ -220,6 +232,8 @@ class MqttTransport:
                 raise ValueError(f"broker port must be 1-65535, got {port!r}")
         if not 0 < reconnect_min <= reconnect_max:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
+        if io not in ("thread", "asyncio"):
+            raise ValueError(f"io must be 'thread' or 'asyncio', got {io!r}")
         if tls is not None:
             unknown = set(tls) - {"ca_certs", "certfile", "keyfile", "insecure"}
             if unknown:
@@ -234,6 +248,7 @@ class MqttTransport:
         self.reconnect_min, self.reconnect_max = float(reconnect_min), float(reconnect_max)
         self.max_queued, self.max_inflight = int(max_queued), int(max_inflight)
         self.connect_timeout = float(connect_timeout)
+        self.io = io
         scheme = "mqtts" if self.tls is not None else "mqtt"
         netloc = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{username + '@' if username else ''}{netloc}:{port}"
@@ -254,6 +269,10 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._qos: dict[str, int] = {}  # filter -> qos; also read by the network thread
         self._reported_unreachable = False
+        self._delay = self.reconnect_min  # asyncio mode: next back-off
+        self._timer: asyncio.TimerHandle | None = None  # asyncio mode: misc or retry
+        self._dispatching = 0
+        self._resubscribing: set[int] = set()  # SUBACKs awaited before listeners hear True
         self._client = self._new_client(self.clean_session)
         self._wire(self._client)
 
@@ -290,7 +309,10 @@ class MqttTransport:
         self._purge_pending = self.fresh_session and not self.clean_session
         self._state = CONNECTING
         client.connect_async(self.host, self.port, keepalive=self.keepalive)
-        if client.loop_start() != mqtt.MQTT_ERR_SUCCESS:  # pragma: no cover - joined above
+        if self.io == "asyncio":
+            self._delay = self.reconnect_min
+            self._loop.call_soon(self._aio_attempt, self._gen)
+        elif client.loop_start() != mqtt.MQTT_ERR_SUCCESS:  # pragma: no cover - joined above
             raise RuntimeError(f"{self.client_id}: the previous network thread is still running")
 
     def disconnect(self) -> None:
@@ -303,7 +325,14 @@ class MqttTransport:
         self._connected = False
         self._state = IDLE
         self._client.disconnect()
-        self._join_thread(self.connect_timeout + 1.0)
+        if self.io == "asyncio":
+            self._cancel_timer()
+            if not self._dispatching:
+                self._client.loop_write()  # send DISCONNECT now: the loop may stop next
+        else:
+            self._join_thread(self.connect_timeout + 1.0)
+            if self._client.socket() is not None:  # the thread was mid-(re)connect
+                self._client.disconnect()  # no thread now: paho writes it at once
         self._fail_waiters(MqttConnectError(f"{self.client_id}: disconnected"))
 
     close = disconnect
@@ -396,7 +425,8 @@ class MqttTransport:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv311, clean_session=clean_session)
         client.suppress_exceptions = True  # a bug in a callback is logged, never kills I/O
-        client.enable_logger(_PAHO_LOG)
+        if _PAHO_LOG.isEnabledFor(logging.DEBUG):  # paho logs every packet: ~10% of a
+            client.enable_logger(_PAHO_LOG)  # round trip even when nobody listens
         if self.username is not None:
             client.username_pw_set(self.username, self._password)
         if self.tls is not None:
@@ -418,9 +448,17 @@ class MqttTransport:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        if self.io == "asyncio":
+            client.on_socket_open = self._aio_socket_open
+            client.on_socket_close = self._aio_socket_close
+            client.on_socket_register_write = self._aio_want_write
+            client.on_socket_unregister_write = self._aio_unwant_write
 
     def _join_thread(self, timeout: float) -> None:
         """Stop paho's network thread (paho's ``loop_stop`` joins without a timeout)."""
+        if self.io == "asyncio":
+            return
         stopper = threading.Thread(target=self._client.loop_stop, daemon=True,
                                    name=f"mqtt-stop-{self.client_id}")
         stopper.start()
@@ -435,6 +473,9 @@ class MqttTransport:
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is None:
+            return
+        if self.io == "asyncio" and _running_loop() is loop:
+            fn(*args)  # already on the loop thread (paho called back from loop_read)
             return
         try:
             loop.call_soon_threadsafe(fn, *args)
@@ -492,9 +533,27 @@ class MqttTransport:
         self.session_present = bool(getattr(flags, "session_present", False))
         with self._lock:
             filters = list(self._qos.items())
+        self._post(self._on_session, gen)  # before any message of this connection
+        pending = set()
         for i in range(0, len(filters), _SUBSCRIBE_CHUNK):
-            client.subscribe(filters[i:i + _SUBSCRIBE_CHUNK])
-        self._post(self._on_up, gen)
+            rc, mid = client.subscribe(filters[i:i + _SUBSCRIBE_CHUNK])
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                pending.add(mid)
+        self._resubscribing = pending
+        if not pending:
+            self._post(self._on_up, gen)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.warning("%s: the broker refused %d subscription(s) (not authorised?)",
+                        self.client_id, len(refused))
+        pending = self._resubscribing
+        if mid in pending:  # listeners hear True once the broker holds every filter
+            pending.discard(mid)
+            if not pending:
+                self._post(self._on_up, self._gen)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.connect_error = f"cannot reach the broker at {self.host}:{self.port}"
@@ -512,6 +571,13 @@ class MqttTransport:
                    Message(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
 
     # ------------------------------------------------------------------ loop thread
+    def _on_session(self, gen: int) -> None:
+        if gen != self._gen or self._closing:
+            return
+        for entries in self._subs.values():  # re-subscribed: retained messages come again
+            for entry in entries:
+                entry.seen.clear()
+
     def _on_up(self, gen: int) -> None:
         if gen != self._gen or self._closing:
             return
@@ -519,9 +585,7 @@ class MqttTransport:
         self._state = CONNECTED
         self.connect_error = None
         self._reported_unreachable = False
-        for entries in self._subs.values():  # re-subscribed: retained messages come again
-            for entry in entries:
-                entry.seen.clear()
+        self._delay = self.reconnect_min
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -533,6 +597,8 @@ class MqttTransport:
         was = self._connected
         self._connected = False
         self._state = LOST
+        if self.io == "asyncio":
+            self._aio_retry_later(gen)
         if was:
             log.info("%s: connection to %s lost; reconnecting", self.client_id, self.url)
             self._tell(False)
@@ -585,6 +651,105 @@ class MqttTransport:
             except Exception:  # noqa: BLE001 - the other handlers still get the message
                 log.exception("%s: handler %r failed on %s", self.client_id, handler, topic)
 
+    # ------------------------------------------------------------------ io="asyncio"
+    # All on the loop thread, except the socket callbacks paho makes from the executor
+    # while it (re)connects: those hop to the loop.
+    def _aio_attempt(self, gen: int) -> None:
+        if gen != self._gen or self._closing or self._state == FAILED:
+            return
+        self._cancel_timer()
+        client = self._client
+        sock = client.socket()
+        if sock is not None:  # unhook the old socket here: paho closes it in the executor
+            self._aio_unhook(sock)
+        attempt = self._loop.run_in_executor(None, client.reconnect)
+        attempt.add_done_callback(lambda fut: self._aio_attempted(gen, fut))
+
+    def _aio_attempted(self, gen: int, fut: asyncio.Future) -> None:
+        error = fut.exception() if not fut.cancelled() else None
+        if self._closing and error is None and self._client.socket() is not None:
+            self._client.disconnect()  # disconnect() came while this attempt was under way
+            self._client.loop_write()
+        if gen != self._gen or self._closing:
+            return
+        if error is not None:
+            self.connect_error = f"cannot reach the broker at {self.host}:{self.port}: {error}"
+            if not self._reported_unreachable:
+                self._reported_unreachable = True
+                log.warning("%s: %s; retrying every %g-%g s", self.client_id,
+                            self.connect_error, self.reconnect_min, self.reconnect_max)
+            self._aio_retry_later(gen)
+        else:
+            self._aio_misc_later(gen)
+
+    def _aio_retry_later(self, gen: int) -> None:
+        self._cancel_timer()
+        delay, self._delay = self._delay, min(self._delay * 2, self.reconnect_max)
+        self._timer = self._loop.call_later(delay, self._aio_attempt, gen)
+
+    def _aio_misc_later(self, gen: int) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(min(1.0, self.keepalive / 2), self._aio_misc, gen)
+
+    def _aio_misc(self, gen: int) -> None:
+        """paho's keepalive: PINGREQ when idle, drop the connection without PINGRESP."""
+        self._timer = None
+        if gen != self._gen or self._closing:
+            return
+        if self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            self._aio_misc_later(gen)
+        elif self._state != FAILED and self._timer is None:
+            self._aio_retry_later(gen)  # the connection went away meanwhile
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _aio_read(self) -> None:
+        self._dispatching += 1
+        try:
+            self._client.loop_read()
+        finally:
+            self._dispatching -= 1
+
+    def _aio_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        _set_nodelay(client, userdata, sock)
+        self._on_loop(self._aio_hook, sock)
+
+    def _aio_hook(self, sock: Any) -> None:
+        if sock is self._client.socket() and sock.fileno() != -1:
+            self._loop.add_reader(sock, self._aio_read)
+
+    def _aio_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if _running_loop() is self._loop:  # (from the executor: unhooked before already)
+            self._aio_unhook(sock)
+
+    def _aio_unhook(self, sock: Any) -> None:
+        if sock.fileno() != -1:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _aio_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._aio_writer, sock)
+
+    def _aio_writer(self, sock: Any) -> None:
+        if sock is self._client.socket() and sock.fileno() != -1:
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _aio_unwant_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if _running_loop() is self._loop and sock.fileno() != -1:
+            self._loop.remove_writer(sock)
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if _running_loop() is self._loop:
+            fn(*args)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop is closed
+                pass
+
 
 def _check_qos(qos: int) -> int:
     if qos != 0 and qos != 1:
@@ -605,6 +770,13 @@ def _current_loop() -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.get_event_loop_policy().get_event_loop()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _monotonic() -> float:

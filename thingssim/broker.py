@@ -329,8 +329,8 @@ def broker_command(port: int, host: str, use_amqtt: bool) -> None:
         handle = start_broker(port, host, prefer="amqtt" if use_amqtt else "mosquitto")
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{handle.kind} broker listening on {handle.url} (Ctrl-C to stop)")
     try:
+        click.echo(f"{handle.kind} broker listening on {handle.url} (Ctrl-C to stop)")
         while handle.running:
             time.sleep(0.5)
         click.echo(f"the broker exited; its log:\n{handle.log_tail()}", err=True)

@@ -1,0 +1,646 @@
+"""MqttTransport and the broker tooling on a real broker (Mosquitto; no mocks).
+
+Transport tests run in both I/O modes (``io="thread"``: paho's network thread, the
+default; ``io="asyncio"``: paho driven by the loop).  Needs Mosquitto (``apt install
+mosquitto``) or amqtt; tests that need passwords, ACLs or persistence need Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mqtt_fixtures
+import paho.mqtt.client as mqtt
+import pytest
+from mqtt_fixtures import AUTH_USERS, require_broker
+from paho.mqtt.enums import CallbackAPIVersion
+
+from runtime.clock import AsyncioClock
+from runtime.dispatcher import Dispatcher
+from runtime.engine import CodeEngine
+from runtime.mqtt import MqttConnectError, MqttTransport, parse_broker_url
+from runtime.transport import Message
+from thingssim import broker as broker_mod
+from thingssim.broker import BrokerError, make_password_file, start_broker
+
+# the fixtures (conftest may import them too: the same objects)
+broker = mqtt_fixtures.broker
+auth_broker = mqtt_fixtures.auth_broker
+broker_factory = mqtt_fixtures.broker_factory
+event_loop_thread = mqtt_fixtures.event_loop_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+IO_MODES = pytest.mark.parametrize("io", ["thread", "asyncio"])
+
+COUNTER = """
+n = 0
+def tick():
+    global n
+    print(n)
+    n += 1
+things.set_interval(tick, 0.02)
+"""
+
+
+async def until(cond, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def transport(url: str, client_id: str, io: str = "thread", **kwargs) -> MqttTransport:
+    kwargs.setdefault("reconnect_min", 0.1)
+    kwargs.setdefault("reconnect_max", 0.5)
+    return MqttTransport(url, client_id=client_id, loop=asyncio.get_running_loop(), io=io,
+                         **kwargs)
+
+
+async def connected(*transports: MqttTransport, keepalive: float = 10.0) -> None:
+    for t in transports:
+        if t.state == "idle":
+            t.connect(keepalive=keepalive)
+    for t in transports:
+        await t.wait_connected(5)
+
+
+# ====================================================================== URLs
+def test_parse_broker_url():
+    assert parse_broker_url("mqtt://broker.lan") == ("broker.lan", 1883, None, None, False)
+    assert parse_broker_url("mqtts://u%40x:p%3Aw@h:8884/") == ("h", 8884, "u@x", "p:w", True)
+    assert parse_broker_url("ssl://h") == ("h", 8883, None, None, True)
+    assert parse_broker_url("tcp://[::1]:1999") == ("::1", 1999, None, None, False)
+    assert parse_broker_url("localhost:1884") == ("localhost", 1884, None, None, False)
+    assert parse_broker_url("mqtt://user@h") == ("h", 1883, "user", None, False)
+    for bad, match in [("ws://h", "scheme"), ("mqtt://h:99999", "port"), ("mqtt://h:0", "port"),
+                       ("mqtt://", "no host"), ("mqtt://h/topic", "path"),
+                       ("mqtt://:pw@h", "no user name"), ("", "non-empty"),
+                       ("mqtt://h:x", "port")]:
+        with pytest.raises(ValueError, match=match):
+            parse_broker_url(bad)
+    with pytest.raises(ValueError) as info:
+        parse_broker_url("ws://me:secret@h")
+    assert "secret" not in str(info.value)  # passwords never end up in messages
+    t = MqttTransport("mqtts://me:secret@h", client_id="x")
+    assert (t.host, t.port, t.username, t.tls) == ("h", 8883, "me", {})
+    assert "secret" not in repr(t) and "secret" not in t.url
+    with pytest.raises(ValueError, match="tls option"):
+        MqttTransport("h", client_id="x", tls={"cafile": "x"})
+    with pytest.raises(ValueError, match="io"):
+        MqttTransport("h", client_id="x", io="trio")
+    with pytest.raises(ValueError, match="client_id"):
+        MqttTransport("h", client_id="")
+
+
+# ====================================================================== pub/sub
+@IO_MODES
+def test_wildcards_several_handlers_each_once_on_the_loop_thread(broker, io):
+    async def main():
+        loop_thread = threading.get_ident()
+        sub, pub = transport(broker.url, f"sub-{io}", io), transport(broker.url, f"pub-{io}", io)
+        got: list[tuple[str, str]] = []
+        threads: set[int] = set()
+        active = [0]
+
+        def handler(name):
+            def handle(m: Message):
+                active[0] += 1
+                assert active[0] == 1  # never concurrently
+                threads.add(threading.get_ident())
+                got.append((name, m.topic))
+                active[0] -= 1
+            return handle
+
+        h1, h2, h3 = handler("h1"), handler("h2"), handler("h3")
+        sub.subscribe("w/#", h1)
+        sub.subscribe("w/+", h2, qos=0)
+        sub.subscribe("w/a", h1)  # h1 again on another matching filter: still called once
+        sub.subscribe("w/a", h3)
+
+        def boom(m: Message):
+            raise RuntimeError("a bad handler")
+
+        sub.subscribe("w/a", boom)  # must not keep the others from their message
+        await connected(sub, pub)
+        pub.publish("w/a", b"1", qos=1)
+        pub.publish("w/b/c", b"2", qos=1)
+        pub.publish("x/a", b"3", qos=1)
+        await until(lambda: ("h1", "w/b/c") in got, what="w/b/c")
+        assert got == [("h1", "w/a"), ("h2", "w/a"), ("h3", "w/a"), ("h1", "w/b/c")]
+        assert threads == {loop_thread}
+        sub.unsubscribe("w/a", h3)
+        sub.unsubscribe("w/a", boom)
+        sub.unsubscribe("w/#")  # every handler of that filter
+        got.clear()
+        pub.publish("w/a", b"4", qos=1)
+        pub.publish("w/z", b"5", qos=1)
+        await until(lambda: ("h2", "w/z") in got, what="w/z")
+        assert got == [("h2", "w/a"), ("h1", "w/a"), ("h2", "w/z")]  # h1 still has w/a
+        sub.close()
+        pub.close()
+
+    asyncio.run(main())
+
+
+@IO_MODES
+def test_qos1_in_order_and_qos1_published_before_connect(broker, io):
+    async def main():
+        sub = transport(broker.url, f"q-sub-{io}", io)
+        pub = transport(broker.url, f"q-pub-{io}", io)
+        got: list[bytes] = []
+        sub.subscribe("q/+", lambda m: got.append(m.payload), qos=1)
+        await connected(sub)
+        pub.publish("q/a", b"early", qos=1)  # before connect: queued by paho
+        pub.publish("q/a", b"lost", qos=0)  # QoS 0 while disconnected: dropped
+        await connected(pub)
+        n = 1000
+        for i in range(n):
+            pub.publish("q/b" if i % 2 else "q/a", str(i).encode(), qos=1)
+        await until(lambda: len(got) >= n + 1, what="all QoS 1 messages")
+        assert got[0] == b"early" and b"lost" not in got
+        assert got[1:] == [str(i).encode() for i in range(n)]
+        sub.close()
+        pub.close()
+
+    asyncio.run(main())
+
+
+@IO_MODES
+def test_retained_messages_on_subscribe_go_to_the_new_handler_only(broker, io):
+    async def main():
+        pub = transport(broker.url, f"r-pub-{io}", io)
+        sub = transport(broker.url, f"r-sub-{io}", io)
+        await connected(pub, sub)
+        pub.publish(f"ret-{io}/a", b"state-a", qos=1, retain=True)
+        pub.publish(f"ret-{io}/b", b"state-b", qos=1, retain=True)
+        first, second, third = [], [], []
+        await asyncio.sleep(0.05)
+        sub.subscribe(f"ret-{io}/#", lambda m: first.append((m.topic[-1], m.payload, m.retain)))
+        await until(lambda: len(first) == 2, what="retained messages")
+        assert sorted(first) == [("a", b"state-a", True), ("b", b"state-b", True)]
+        sub.subscribe(f"ret-{io}/#", lambda m: second.append(m.payload))  # same filter
+        sub.subscribe(f"ret-{io}/a", lambda m: third.append(m.payload))  # overlapping
+        await until(lambda: len(second) == 2 and len(third) == 1, what="retained again")
+        pub.publish(f"ret-{io}/a", b"live", qos=1)
+        await until(lambda: third[-1:] == [b"live"], what="live message")
+        assert len(first) == 3 and first[-1] == ("a", b"live", False)  # no retained twice
+        assert second == [b"state-a", b"state-b", b"live"] or \
+            sorted(second[:2]) == [b"state-a", b"state-b"]
+        pub.publish(f"ret-{io}/a", b"", qos=1, retain=True)  # clear
+        pub.publish(f"ret-{io}/b", b"", qos=1, retain=True)
+        await asyncio.sleep(0.05)
+        late = []
+        sub.subscribe(f"ret-{io}/+", lambda m: late.append(m))
+        await asyncio.sleep(0.1)
+        assert late == []
+        pub.close()
+        sub.close()
+
+    asyncio.run(main())
+
+
+def test_clean_disconnect_sends_no_will_and_stops_the_thread(broker):
+    async def main():
+        watcher = transport(broker.url, "will-watcher")
+        wills = []
+        watcher.subscribe("wills/#", lambda m: wills.append(m.topic))
+        await connected(watcher)
+        clients = [transport(broker.url, f"polite-{io}", io) for io in ("thread", "asyncio")]
+        for t in clients:
+            t.connect(will=Message(f"wills/{t.client_id}", b"dead", qos=1), keepalive=1)
+        for t in clients:
+            await t.wait_connected(5)
+        for t in clients:
+            t.disconnect()
+        await asyncio.sleep(0.3)  # an abnormal close would publish the will at once
+        assert wills == []
+        assert not [th for th in threading.enumerate() if "polite" in th.name]
+        watcher.close()
+
+    asyncio.run(main())
+
+
+_WILL_CLIENT = """
+import asyncio, sys
+from runtime.mqtt import MqttTransport
+from runtime.transport import Message
+async def main():
+    url, name, io = sys.argv[1:4]
+    t = MqttTransport(url, client_id=name, loop=asyncio.get_running_loop(), io=io)
+    t.connect(will=Message("wills/" + name, b"dead", qos=1), keepalive=1)
+    await t.wait_connected(5)
+    print("connected", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def test_will_published_when_a_client_process_is_killed_or_frozen(broker):
+    """SIGKILL closes the socket: the will comes at once.  SIGSTOP leaves it open: the
+    broker publishes the will once the client has been silent for 1.5 x keepalive (1 s),
+    but Mosquitto 2.0 only scans keepalives every few seconds (measured: 5.3-5.4 s for a
+    1 s keepalive, 11.4 s for 4 s and for 7 s), hence the wide bound."""
+    async def main():
+        watcher = transport(broker.url, "will-watcher-2")
+        arrived: dict[str, float] = {}
+        watcher.subscribe("wills/#", lambda m: arrived.setdefault(m.topic.split("/")[1],
+                                                                  time.monotonic()))
+        await connected(watcher)
+        procs = {}
+        for name, io in (("killed", "thread"), ("frozen", "asyncio")):
+            procs[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _WILL_CLIENT, broker.url, name, io, cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE)
+        try:
+            for proc in procs.values():
+                line = await asyncio.wait_for(proc.stdout.readline(), 10)
+                assert line.strip() == b"connected"
+            start = time.monotonic()
+            procs["killed"].send_signal(signal.SIGKILL)
+            procs["frozen"].send_signal(signal.SIGSTOP)
+            await until(lambda: "killed" in arrived, 1.5 * 1 + 0.5, "the killed one's will")
+            assert arrived["killed"] - start < 0.5
+            await until(lambda: "frozen" in arrived, 1.5 * 1 + 6.5, "the frozen one's will")
+            assert arrived["frozen"] - start > 1.0
+        finally:
+            for proc in procs.values():
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        watcher.close()
+
+    asyncio.run(main())
+
+
+# ====================================================================== outages
+@IO_MODES
+def test_reconnect_resubscribes_and_keeps_qos1_across_a_broker_restart(broker_factory, io):
+    b = broker_factory()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        me = transport(b.url, f"me-{io}", io)  # publishes and subscribes itself
+        other = transport(b.url, f"other-{io}", io)  # only subscribes
+        mine, theirs, ups = [], [], []
+        me.subscribe("out/#", lambda m: mine.append(m.payload), qos=1)
+        other.subscribe("out/#", lambda m: theirs.append(m.payload), qos=1)
+        me.add_connection_listener(ups.append)
+        await connected(me, other, keepalive=2)
+        me.publish("out/x", b"before", qos=1)
+        await until(lambda: b"before" in theirs, what="before")
+        b.kill()
+        await until(lambda: not me.connected and not other.connected, 5, "connection loss")
+        during = [f"during-{i}".encode() for i in range(20)]
+        for payload in during:
+            me.publish("out/x", payload, qos=1)
+        await loop.run_in_executor(None, b.restart)
+        await until(lambda: me.connected and other.connected, 10, "reconnection")
+        after = [f"after-{i}".encode() for i in range(20)]
+        for payload in after:
+            me.publish("out/x", payload, qos=1)
+        await until(lambda: set(after) <= set(theirs) and set(during + after) <= set(mine),
+                    5, "every QoS 1 message")
+        assert ups == [True, False, True]
+        assert [m for m in mine if m.startswith(b"after")] == after  # in order, once
+        me.close()
+        other.close()
+
+    asyncio.run(main())
+
+
+@IO_MODES
+def test_unreachable_broker_is_retried_until_it_comes_and_close_is_prompt(io):
+    require_broker()
+    port = broker_mod.free_port()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t = transport(f"mqtt://127.0.0.1:{port}", f"early-{io}", io)
+        ups = []
+        t.add_connection_listener(ups.append)
+        t.publish("early/x", b"queued", qos=1)
+        got = []
+        t.subscribe("early/#", lambda m: got.append(m.payload))
+        t.connect()
+        await until(lambda: t.connect_error is not None, what="a connection error")
+        assert "cannot reach the broker" in t.connect_error and t.state == "connecting"
+        with pytest.raises(asyncio.TimeoutError, match="not connected"):
+            await t.wait_connected(0.2)
+        b = await loop.run_in_executor(None, lambda: start_broker(port))
+        try:
+            await t.wait_connected(5)
+            await until(lambda: got == [b"queued"], what="the message queued meanwhile")
+            assert ups == [True] and t.connect_error is None
+            b.kill()
+            await until(lambda: not t.connected, what="the loss")
+            start = time.monotonic()
+            t.close()  # while it keeps trying to reconnect
+            assert time.monotonic() - start < 1.0
+            assert ups == [True, False] and t.state == "idle"
+            assert not [th for th in threading.enumerate() if f"early-{io}" in th.name]
+        finally:
+            b.stop()
+
+    asyncio.run(main())
+
+
+@IO_MODES
+def test_persistent_session_gets_qos1_published_by_others_during_an_outage(broker_factory,
+                                                                          io):
+    b = broker_factory(config={"persistence": True})
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sub = transport(b.url, f"psub-{io}", io)
+        pub = transport(b.url, f"ppub-{io}", io)
+        got = []
+        sub.subscribe("p/#", lambda m: got.append(m.payload), qos=1)
+        await connected(sub, pub)
+        await asyncio.sleep(0.05)  # the SUBSCRIBE is in the session before the restart
+        await loop.run_in_executor(None, b.restart, 0.3)  # a clean stop saves the sessions
+        sent = [f"m{i}".encode() for i in range(10)]
+        for payload in sent:
+            pub.publish("p/x", payload, qos=1)
+        await until(lambda: set(sent) <= set(got), 10, "messages of the outage")
+        sub.close()
+        pub.close()
+
+    asyncio.run(main())
+
+
+def test_fresh_session_drops_what_an_earlier_life_left(broker):
+    """A restarted engine must not replay commands queued for its previous life."""
+    def earlier_life(client_id: str) -> None:
+        old = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                          protocol=mqtt.MQTTv311, clean_session=False)
+        old.connect(broker.host, broker.port)
+        old.loop_start()
+        old.subscribe("life/#", 1)
+        time.sleep(0.1)
+        old.disconnect()
+        old.loop_stop()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id + "-pub")
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        pub.publish("life/cmd", b"stale", qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+
+    async def main():
+        results = {}
+        for fresh in (True, False):
+            name = f"life-{fresh}"
+            earlier_life(name)
+            t = transport(broker.url, name, fresh_session=fresh)
+            got = []
+            t.subscribe("life/#", lambda m, got=got: got.append(m.payload), qos=1)
+            await connected(t)
+            await asyncio.sleep(0.2)
+            results[fresh] = got
+            t.close()
+        assert results == {True: [], False: [b"stale"]}
+
+    asyncio.run(main())
+
+
+@IO_MODES
+def test_ten_megabyte_payload_round_trip(broker, io):
+    async def main():
+        t = transport(broker.url, f"big-{io}", io)
+        got = []
+        t.subscribe("big/x", lambda m: got.append(m.payload), qos=1)
+        await connected(t)
+        payload = os.urandom(10 * 1024 * 1024)
+        start = time.perf_counter()
+        t.publish("big/x", payload, qos=1)
+        await until(lambda: got, 20, "the 10 MB message")
+        assert hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
+        assert time.perf_counter() - start < 10
+        t.close()
+
+    asyncio.run(main())
+
+
+# ====================================================================== auth
+def test_auth_refusals_are_clear_and_only_the_dispatcher_may_command(auth_broker):
+    users = auth_broker.users
+
+    async def main():
+        refused = []
+        for name, kwargs in [("anonymous", {}),
+                             ("wrong-password", {"username": "dispatcher", "password": "x"})]:
+            for io in ("thread", "asyncio"):
+                t = transport(auth_broker.url, f"{name}-{io}", io, **kwargs)
+                told = []
+                t.add_connection_listener(told.append)
+                t.connect()
+                with pytest.raises(MqttConnectError, match="not authori|bad user"):
+                    await t.wait_connected(5)
+                assert t.state == "failed" and told == [] and not t.connected
+                assert "not retrying" in t.connect_error
+                refused.append(t)
+        for t in refused:
+            t.close()
+        assert not [th for th in threading.enumerate() if "wrong-password" in th.name]
+
+        def login(user: str, io: str = "thread") -> MqttTransport:
+            return transport(auth_broker.url, f"user-{user}", io, username=user,
+                             password=users[user])
+
+        disp, engine, guest = login("dispatcher"), login("engine", "asyncio"), login("guest")
+        seen = []
+        disp.subscribe("#", lambda m: seen.append((m.topic, m.payload)))
+        await connected(disp, engine, guest)
+        for who in (guest, engine):
+            who.publish("e1/cmd", who.client_id.encode(), qos=1)
+            who.publish("counter/c1/cmd", who.client_id.encode(), qos=1)
+        guest.publish("sensors/t", b"21.5", qos=1)
+        engine.publish("engine-registry", b"report", qos=1)
+        disp.publish("e1/cmd", b"dispatcher", qos=1)
+        disp.publish("counter/c1/cmd", b"dispatcher", qos=1)
+        await until(lambda: ("counter/c1/cmd", b"dispatcher") in seen and
+                    ("sensors/t", b"21.5") in seen and ("engine-registry", b"report") in seen,
+                    what="the allowed messages")
+        # each client's messages arrive in order: the refused ones came before these
+        assert [m for m in seen if m[0].endswith("/cmd")] == [
+            ("e1/cmd", b"dispatcher"), ("counter/c1/cmd", b"dispatcher")]
+        for t in (disp, engine, guest):
+            t.close()
+
+    asyncio.run(main())
+
+
+def test_anonymous_clients_cannot_publish_commands_where_anonymous_is_allowed(
+        auth_broker, broker_factory):
+    b = broker_factory(config={"allow_anonymous": True,
+                               "password_file": str(auth_broker.password_file),
+                               "acl_file": str(auth_broker.acl_file)})
+
+    async def main():
+        anon = transport(b.url, "anon")
+        disp = transport(b.url, "disp", username="dispatcher",
+                         password=AUTH_USERS["dispatcher"])
+        seen = []
+        disp.subscribe("#", lambda m: seen.append(m.payload))
+        anon.subscribe("#", lambda m: seen.append(b"anon read " + m.payload))
+        await connected(anon, disp)
+        anon.publish("e1/cmd", b"anonymous", qos=1)
+        await asyncio.sleep(0.2)
+        disp.publish("e1/cmd", b"dispatcher", qos=1)
+        await until(lambda: b"anon read dispatcher" in seen, what="the dispatcher's command")
+        assert b"anonymous" not in seen and b"anon read anonymous" not in seen
+        anon.close()
+        disp.close()
+
+    asyncio.run(main())
+
+
+# ====================================================================== the core
+@IO_MODES
+def test_engines_and_dispatcher_on_real_mqtt_migrate_a_counter(broker, io):
+    async def main():
+        clock = AsyncioClock(asyncio.get_running_loop())
+        names = [f"e1-{io}", f"e2-{io}"]
+        engines = {n: CodeEngine(transport(broker.url, n, io), clock, engine_id=n,
+                                 resource_period=0.2, keepalive=2).start() for n in names}
+        d = Dispatcher(transport(broker.url, f"disp-{io}", io), clock,
+                       {"id": f"disp-{io}", "request_timeout": 10}).start()
+        await until(lambda: all(d.engines.get(n) and d.engines[n].status == "idle"
+                                for n in names), what="both engines")
+        started = await d.run_code(names[0], "counter", COUNTER)
+        iid = started["id"]
+        assert started["engine"] == names[0] and started["status"] == "Running"
+        hops = []
+        for src, dst in (names, names[::-1], names):
+            await asyncio.sleep(0.15)
+            moved = await d.move_code(src, dst, "counter", iid)
+            assert moved["engine"] == dst and moved["migration"]["ok"]
+            hops.append(moved["migration"])
+            assert iid in engines[dst].programs and iid not in engines[src].programs
+        await asyncio.sleep(0.15)
+        assert await d.pause_code(iid) == "Paused"
+        program = d.programs[iid]
+        await until(lambda: program.status == "Paused", what="the program report")
+        numbers = [int(x) for x in program.console if x.isdigit()]
+        assert numbers == list(range(len(numbers))) and len(numbers) >= 15, numbers
+        assert program.engine == names[1]
+        assert all(h["snapshot_bytes"] > 0 and h["total_s"] < 2 for h in hops)
+        assert d.engines[names[0]].resource is not None  # resource reports flow too
+        for engine in engines.values():
+            engine.stop()
+        await until(lambda: all(d.engines[n].status == "dead" for n in names),
+                    what="engines reported dead")
+        d.kill()
+
+    asyncio.run(main())
+
+
+def test_transport_on_a_loop_in_another_thread(broker, event_loop_thread):
+    got = []
+
+    async def setup():
+        t = transport(broker.url, "bg-loop")
+        t.subscribe("bg/x", lambda m: got.append(threading.get_ident()))
+        await connected(t)
+        t.publish("bg/x", b"1", qos=1)
+        await until(lambda: got, what="the message")
+        return t, threading.get_ident()
+
+    t, loop_thread = event_loop_thread.run(setup())
+    assert got == [loop_thread] != [threading.get_ident()]
+    event_loop_thread.call(t.close)
+
+
+# ====================================================================== broker tooling
+def test_start_broker_errors_and_handle():
+    with pytest.raises(ValueError, match="unknown broker config"):
+        start_broker(config={"bogus": 1})
+    with pytest.raises(ValueError, match="prefer"):
+        start_broker(prefer="hivemq")
+    require_broker()
+    if broker_mod.find_mosquitto() is not None:
+        with pytest.raises(BrokerError, match="does not exist"):
+            start_broker(config={"acl_file": "/nonexistent/acl"})
+        with start_broker() as b:
+            assert b.kind == "mosquitto" and b.running and b.url.endswith(f":{b.port}")
+            port = b.port
+            b.restart()
+            assert b.running and b.port == port
+        assert not b.running and not b.dir.exists()
+        with pytest.raises(BrokerError, match="exited with code"):
+            start_broker(config={"extra": ["no_such_option 1"]})
+
+
+def test_password_file_without_mosquitto_passwd_works_with_mosquitto(tmp_path, monkeypatch,
+                                                                     broker_factory):
+    real = broker_mod.find_mosquitto
+    monkeypatch.setattr(broker_mod, "find_mosquitto",
+                        lambda name="mosquitto": None if name == "mosquitto_passwd"
+                        else real(name))
+    path = make_password_file(tmp_path / "pw", {"ann": "s3cret"})
+    user, rest = path.read_text().strip().split(":", 1)
+    _, kind, rounds, salt, digest = rest.split("$")
+    assert (user, kind, rounds) == ("ann", "7", "101")
+    assert base64.b64decode(digest) == hashlib.pbkdf2_hmac(
+        "sha512", b"s3cret", base64.b64decode(salt), 101, 64)
+    monkeypatch.undo()
+    b = broker_factory(config={"password_file": str(path)})
+
+    async def main():
+        ok = transport(b.url, "ann", username="ann", password="s3cret")
+        no = transport(b.url, "ann-bad", username="ann", password="nope")
+        await connected(ok)
+        no.connect()
+        with pytest.raises(MqttConnectError):
+            await no.wait_connected(5)
+        ok.close()
+        no.close()
+
+    asyncio.run(main())
+
+
+def test_amqtt_fallback_has_the_same_handle():
+    if not broker_mod.amqtt_available():
+        pytest.skip("amqtt is not installed (pip install amqtt)")
+
+    async def main(b):
+        a, c = transport(b.url, "amqtt-a", "asyncio"), transport(b.url, "amqtt-c")
+        got = []
+        a.subscribe("am/+", lambda m: got.append(m.payload), qos=1)
+        await connected(a, c)
+        c.publish("am/x", b"hello", qos=1)
+        await until(lambda: got == [b"hello"], what="a message through amqtt")
+        a.close()
+        c.close()
+
+    with start_broker(prefer="amqtt") as b:
+        assert b.kind == "amqtt"
+        asyncio.run(main(b))
+    with pytest.raises(BrokerError, match="amqtt fallback does not support persistence"):
+        start_broker(prefer="amqtt", config={"persistence": True})
+
+
+def test_broker_command_runs_until_interrupted():
+    require_broker()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from thingssim.broker import broker_command; "
+         "broker_command(['--port', '0'])"], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "broker listening on mqtt://127.0.0.1:" in line, line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
