@@ -271,3 +271,35 @@ def test_sigterm_reports_dead_and_migrates_programs_away(broker, workers):
 
     assert len(consecutive(asyncio.run(main()))) > 5
     assert leaving.wait(timeout=10) == 0
+
+
+def test_dispatch_and_shell_commands(broker, workers, tmp_path):
+    """The CLI a user types: one-shot dispatch (text and --json) and the shell on stdin."""
+    workers.start("w1")
+    workers.start("w2")
+    program = tmp_path / "counter.py"
+    program.write_text(COUNTER)
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "thingssim.cli", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    time.sleep(1.0)
+    started = cli("dispatch", broker.url, "run", "w1", str(program), "--json")
+    assert started.returncode == 0, started.stderr
+    iid = json.loads(started.stdout)["id"]
+    status = cli("dispatch", broker.url, "status")
+    assert iid in status.stdout and "w1" in status.stdout
+    moved = cli("dispatch", broker.url, "migrate", iid, "w2", "--json")
+    assert json.loads(moved.stdout)["engine"] == "w2"
+    missing = cli("dispatch", broker.url, "pause", "nope")
+    assert missing.returncode != 0 and "UnknownProgram" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    session = cli("shell", broker.url, stdin=f"engines\nprograms\ntail {iid} 3\npause {iid}\n"
+                                              "kill nope\nquit\n")
+    assert session.returncode == 0, session.stderr
+    assert "w1" in session.stdout and "Paused" in session.stdout
+    assert "error: unknown program instance 'nope'" in session.stdout
+    unreachable = cli("dispatch", "mqtt://127.0.0.1:1", "status")
+    assert unreachable.returncode != 0 and "cannot connect" in unreachable.stderr

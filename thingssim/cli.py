@@ -226,21 +226,13 @@ def shell(url: str, username: str | None, password: str | None) -> None:
 
 def _register_plugins() -> None:
     """Commands that live next to what they drive."""
+    from .broker import broker_command
     from .calibrate import calibrate_command
+    from .lab import lab_group
 
     main.add_command(calibrate_command, "calibrate")
-    try:
-        from .broker import broker_command
-    except ImportError:  # pragma: no cover - being built
-        broker_command = None
-    if broker_command is not None:
-        main.add_command(broker_command, "broker")
-    try:
-        from .lab import lab_group
-    except ImportError:  # pragma: no cover
-        lab_group = None
-    if lab_group is not None:
-        main.add_command(lab_group, "lab")
+    main.add_command(broker_command, "broker")
+    main.add_command(lab_group, "lab")
 
 
 _register_plugins()
