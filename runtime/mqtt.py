@@ -709,7 +709,13 @@ class MqttTransport:
     def _aio_read(self) -> None:
         self._dispatching += 1
         try:
-            self._client.loop_read()
+            client = self._client
+            client.loop_read()
+            # TLS: bytes already decrypted into the SSL object wake no selector
+            sock = client.socket()
+            while sock is not None and getattr(sock, "pending", None) and sock.pending():
+                client.loop_read()
+                sock = client.socket()
         finally:
             self._dispatching -= 1
 

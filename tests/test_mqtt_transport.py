@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -427,6 +428,39 @@ def test_ten_megabyte_payload_round_trip(broker, io):
         assert hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
         assert time.perf_counter() - start < 10
         t.close()
+
+    asyncio.run(main())
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@IO_MODES
+def test_tls(broker_factory, tmp_path, io):
+    cert, key = _self_signed(tmp_path)
+    b = broker_factory(config={"extra": [f"certfile {cert}", f"keyfile {key}"]})
+    url = b.url.replace("mqtt://", "mqtts://")
+
+    async def main():
+        t = transport(url, f"tls-{io}", io, tls={"ca_certs": str(cert)})
+        insecure = transport(url, f"tls-insecure-{io}", io, tls={"insecure": True})
+        got = []
+        t.subscribe("tls/#", lambda m: got.append(m.payload), qos=1)
+        await connected(t, insecure)
+        burst = [str(i).encode() * 50 for i in range(300)]  # many packets per TLS record
+        for payload in burst:
+            insecure.publish("tls/x", payload, qos=1)
+        await until(lambda: len(got) == len(burst), what="every message over TLS")
+        assert got == burst
+        t.close()
+        insecure.close()
 
     asyncio.run(main())
 
