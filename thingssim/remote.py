@@ -27,9 +27,8 @@ async def connect(url: str, *, username: str | None = None, password: str | None
                   tls: dict | None = None, discover: float = 0.7,
                   timeout: float = 30.0) -> Dispatcher:
     """A started Dispatcher that has had ``discover`` seconds to hear the engines."""
-    from runtime.mqtt import MqttTransport
-
     from runtime.clock import AsyncioClock
+    from runtime.mqtt import MqttTransport
 
     loop = asyncio.get_running_loop()
     client_id = f"dispatch-{uuid.uuid4().hex[:8]}"
