@@ -27,19 +27,22 @@ executor; the back-off between attempts is the same.  A loop blocked for longer 
 1.5 x keepalive (a callback that never returns) gets its connection dropped by the
 broker; the threaded mode keeps answering pings meanwhile.
 
-**Connections.**  ``connect()`` sets the will, calls ``connect_async`` and
-``loop_start`` and returns at once; paho reconnects by itself with a back-off between
-``reconnect_min`` and ``reconnect_max`` seconds.  On every successful CONNACK the
-network thread re-subscribes every filter at its QoS (before paho re-sends the QoS 1
-messages it kept); once the broker has acknowledged them all, ``connected`` turns True
-and listeners are told ``True`` (so anything published to this client from then on
-reaches it); on a lost connection they are told
-``False`` (not after a clean ``disconnect()``).  A refusal that retrying cannot fix (bad
-user name or password, not authorised, identifier rejected, protocol version) is logged
-once as an error, kept in :attr:`MqttTransport.connect_error`, and stops the retries;
-listeners stay untold (``connected`` stays False) and :meth:`MqttTransport.wait_connected`
-raises :class:`MqttConnectError`.  An unreachable broker is retried forever
-(``connect_error`` says why meanwhile).
+**Connections.**  ``connect()`` sets the will and starts connecting (``connect_async`` +
+``loop_start``, or an executor attempt with ``io="asyncio"``) and returns at once; after a
+lost connection it reconnects by itself, waiting ``reconnect_min`` doubling up to
+``reconnect_max`` seconds between attempts.  On every successful CONNACK it
+re-subscribes every filter at its QoS (before paho re-sends the QoS 1 messages it kept);
+once the broker has acknowledged them all (an UNSUBSCRIBE of an unused filter serves as
+the barrier), ``connected`` turns True and listeners are told ``True``: whatever is
+published to this client from then on reaches it, and what this client publishes from
+then on goes out after the QoS 1 messages kept from before.  On a
+lost connection listeners are told ``False`` (not after a clean ``disconnect()``).  A
+refusal that retrying cannot fix (bad user name or password, not authorised, identifier
+rejected, protocol version) is logged once as an error, kept in
+:attr:`MqttTransport.connect_error`, and stops the retries: listeners are never told
+anything, ``state`` is ``"failed"``, and :meth:`MqttTransport.wait_connected` raises
+:class:`MqttConnectError`.  An unreachable broker is retried forever (``connect_error``
+says why meanwhile).
 
 **Sessions.**  With ``clean_session=False`` (the default) the broker keeps the session
 (subscriptions, QoS 1 messages for this client) across connection losses.  Each explicit
@@ -54,19 +57,30 @@ losses, and is (re)sent after the re-subscriptions on reconnect; QoS 1 published
 ``connect()`` or while disconnected waits in paho's queue (at most ``max_queued``
 messages: more are dropped, counted in :attr:`MqttTransport.dropped`, and logged).  QoS 0
 published while disconnected, or queued in the socket when the connection breaks, is
-dropped.  A message published at QoS 1 just as a reconnect completes may overtake older
-QoS 1 messages of the outage (paho re-sends those after the CONNACK).
+dropped.  QoS 1 keeps its order across reconnects: paho re-sends what it kept in
+publish order, before anything published once listeners heard True (see the barrier
+above; one published during the reconnection handshake itself may overtake them); a
+message sent but not acknowledged before the break may arrive twice.
 
 **Dispatch.**  The broker sends one copy per client however many of its filters match
 (Mosquitto); each incoming message calls every handler whose filter matches
-(:func:`runtime.topics.topic_matches`), each handler once, in subscription order -- the
-simulator's rule.  Retained copies (``retain=True``, sent only because of a SUBSCRIBE) go
-only to handlers that have not yet received any message on that topic since they
-subscribed (or since the last reconnect): a second handler subscribing to a filter gets
-the retained messages, the handlers already there do not get them twice.
+(:func:`runtime.topics.topic_matches`), each handler once (filters in the order they
+were first subscribed, then handlers in the order they were added) -- the simulator's
+rule.  Retained copies (``retain=True``, sent only because of a SUBSCRIBE) go only to
+handlers that have not yet received any message on that topic since they subscribed (or
+since the last reconnect): a second handler subscribing to a filter gets the retained
+messages, the handlers already there do not get them twice.
+A handler that raises is logged; the other handlers still get the message.
 
 TCP_NODELAY is set on the socket (paho does not).  Payloads up to MQTT's 256 MB limit
 work; keepalive is rounded up to whole seconds (MQTT's unit), at least 1.
+
+**Brokers.**  Mosquitto leaves Nagle's algorithm on for its own sockets unless
+``set_tcp_nodelay true``: then the second of two quick messages to a client waits for a
+delayed ACK, about 40 ms per request/reply on Linux (``thingssim.broker`` sets it).
+Mosquitto 2.0 scans keepalives only every few seconds: the will of a client that went
+silent (not one whose socket closed) comes 5-6 s after it fell silent for a 1 s
+keepalive and about 11 s for 4-7 s, not at 1.5 x keepalive.
 """
 
 from __future__ import annotations
@@ -97,6 +111,7 @@ SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883),
 _PERMANENT = {0x84: "unsupported protocol version", 0x85: "client identifier rejected",
               0x86: "bad user name or password", 0x87: "not authorised"}
 _SUBSCRIBE_CHUNK = 64  # filters per SUBSCRIBE packet when re-subscribing
+_BARRIER = "thingssim/connect-barrier"  # unsubscribed on connect; never subscribed
 _SEEN_LIMIT = 4096  # topics remembered per handler to keep retained copies single
 _DISPATCH_CACHE_LIMIT = 10_000
 
@@ -272,7 +287,7 @@ class MqttTransport:
         self._delay = self.reconnect_min  # asyncio mode: next back-off
         self._timer: asyncio.TimerHandle | None = None  # asyncio mode: misc or retry
         self._dispatching = 0
-        self._resubscribing: set[int] = set()  # SUBACKs awaited before listeners hear True
+        self._barrier: int | None = None  # UNSUBACK awaited before listeners hear True
         self._client = self._new_client(self.clean_session)
         self._wire(self._client)
 
@@ -293,7 +308,8 @@ class MqttTransport:
             raise ValueError("keepalive must be > 0")
         if self._loop is None:
             self._loop = _current_loop()
-        self._join_thread(self.connect_timeout + 1.0)
+        if self._closing or self._state == FAILED:  # a network thread may be ending
+            self._join_thread(self.connect_timeout + 1.0)
         client = self._client
         if will is not None:
             validate_topic(will.topic)
@@ -449,6 +465,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         if self.io == "asyncio":
             client.on_socket_open = self._aio_socket_open
             client.on_socket_close = self._aio_socket_close
@@ -534,14 +551,14 @@ class MqttTransport:
         with self._lock:
             filters = list(self._qos.items())
         self._post(self._on_session, gen)  # before any message of this connection
-        pending = set()
         for i in range(0, len(filters), _SUBSCRIBE_CHUNK):
-            rc, mid = client.subscribe(filters[i:i + _SUBSCRIBE_CHUNK])
-            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-                pending.add(mid)
-        self._resubscribing = pending
-        if not pending:
-            self._post(self._on_up, gen)
+            client.subscribe(filters[i:i + _SUBSCRIBE_CHUNK])
+        # A barrier: the broker acknowledges packets in order, so its UNSUBACK for this
+        # (held by nobody) filter comes after every SUBACK above -- and after paho, which
+        # calls us before it re-queues the QoS 1 messages it kept, has re-queued them.
+        # Only then do listeners hear True: new publishes cannot overtake the old ones.
+        rc, mid = client.unsubscribe(_BARRIER)
+        self._barrier = mid if rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
@@ -549,11 +566,12 @@ class MqttTransport:
         if refused:
             log.warning("%s: the broker refused %d subscription(s) (not authorised?)",
                         self.client_id, len(refused))
-        pending = self._resubscribing
-        if mid in pending:  # listeners hear True once the broker holds every filter
-            pending.discard(mid)
-            if not pending:
-                self._post(self._on_up, self._gen)
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                        properties: Any) -> None:
+        if mid is not None and mid == self._barrier:
+            self._barrier = None
+            self._post(self._on_up, self._gen)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.connect_error = f"cannot reach the broker at {self.host}:{self.port}"

@@ -7,7 +7,8 @@
 - ``auth_broker``: Mosquitto with passwords and an ACL (anonymous clients refused):
   ``dispatcher`` may publish anywhere, including the command topics ``+/cmd`` and
   ``+/+/cmd``; ``engine`` may read everything and publish the engines' reports, replies,
-  consoles and resources; ``guest`` may read everything and publish only ``sensors/#``.
+  consoles, resources and migration steps (``+/migrate``); ``guest`` may read
+  everything and publish only ``sensors/#``.
   ``auth_broker.users`` maps each user to its password; ``auth_broker.acl_file`` and
   ``.password_file`` are the files, for brokers of one's own.
 - ``event_loop_thread``: an asyncio loop running in a background thread
@@ -53,6 +54,7 @@ topic write engine-registry/#
 topic write program-monitor
 topic write program-monitor/#
 topic write +/reply
+topic write +/migrate
 topic write +/console
 topic write +/resource
 topic write +/+/console

@@ -93,6 +93,7 @@ class BrokerHandle:
         self.dir = Path(tempfile.mkdtemp(prefix=f"thingssim-{kind}-"))
         self.log_path = self.dir / "broker.log"
         self.proc: subprocess.Popen | None = None
+        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -121,6 +122,7 @@ class BrokerHandle:
         command = self._mosquitto_command() if self.kind == "mosquitto" else \
             self._amqtt_command()
         with open(self.log_path, "ab") as log_file:
+            self._log_start = log_file.tell()
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
                                          stderr=subprocess.STDOUT, cwd=self.dir,
                                          start_new_session=True)
@@ -159,6 +161,14 @@ class BrokerHandle:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def _log_since_start(self) -> bytes:
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_start)
+                return log_file.read()
+        except OSError:
+            return b""
+
     def _stop_process(self, sig: int, timeout: float) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -171,8 +181,11 @@ class BrokerHandle:
             proc.wait()
 
     def _wait_ready(self, timeout: float) -> None:
+        """Until the broker says it runs (its log) and its port accepts connections (a
+        probe alone could reach some other program on that port)."""
         deadline = time.monotonic() + timeout
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        marker = b" running" if self.kind == "mosquitto" else b"amqtt broker started"
         while True:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
@@ -180,10 +193,11 @@ class BrokerHandle:
                 raise BrokerError(f"{self.kind} exited with code {code} before accepting "
                                   f"connections on {self.host}:{self.port}; its log:\n"
                                   f"{self.log_tail()}")
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.2)
-                if probe.connect_ex((self.host, self.port)) == 0:
-                    return
+            if marker in self._log_since_start():
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(0.2)
+                    if probe.connect_ex((self.host, self.port)) == 0:
+                        return
             if time.monotonic() > deadline:
                 self._stop_process(signal.SIGKILL, 1.0)
                 raise BrokerError(f"{self.kind} did not accept connections on "
@@ -272,10 +286,11 @@ def start_broker(port: int = 0, host: str = "127.0.0.1", *, config: dict | None 
         handle = BrokerHandle(kind, host, port or free_port(host), config)
         try:
             return handle.start(timeout)
-        except BrokerError:
+        except BrokerError as exc:
             shutil.rmtree(handle.dir, ignore_errors=True)
             _LIVE.discard(handle)
-            if attempt == attempts - 1:
+            # only a port taken between free_port() and the bind is worth another try
+            if attempt == attempts - 1 or "already in use" not in str(exc).lower():
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
