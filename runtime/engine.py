@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
 _REPLY_CACHE = 1000
+_READ_ONLY = frozenset({"report", "snapshot"})  # commands that change no state
 
 
 class CodeEngine:
@@ -269,17 +270,17 @@ class CodeEngine:
                 error: p.ProtocolError | None = None) -> None:
         if not self.running:
             return
-        self._report(request.ctrl)
-        if request.request_id is None or request.reply_to is None:
-            if error is not None:
-                self._engine_log(request.ctrl, "failed", error.code, error.message)
-            return
-        answer = p.error_reply(request.request_id, error.code, error.message) \
-            if error is not None else p.reply(request.request_id, payload)
-        self._replies[request.request_id] = answer
-        if len(self._replies) > _REPLY_CACHE:
-            self._replies.popitem(last=False)
-        self._send(request, answer)
+        if request.request_id is not None and request.reply_to is not None:
+            answer = p.error_reply(request.request_id, error.code, error.message) \
+                if error is not None else p.reply(request.request_id, payload)
+            self._replies[request.request_id] = answer
+            if len(self._replies) > _REPLY_CACHE:
+                self._replies.popitem(last=False)
+            self._send(request, answer)  # the reply first: it is what the requester waits for
+        elif error is not None:
+            self._engine_log(request.ctrl, "failed", error.code, error.message)
+        if request.ctrl not in _READ_ONLY:
+            self._report(request.ctrl)  # then the registry, as ThingsJS does after commands
 
     def _send(self, request: p.Request, answer: dict) -> None:
         if request.reply_to:

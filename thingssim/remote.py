@@ -32,8 +32,10 @@ async def connect(url: str, *, username: str | None = None, password: str | None
 
     loop = asyncio.get_running_loop()
     client_id = f"dispatch-{uuid.uuid4().hex[:8]}"
+    # a dispatcher never blocks its loop, so paho can run on it directly (no thread hop);
+    # workers keep paho's thread, which answers pings even while a program is slow
     transport = MqttTransport(url, client_id=client_id, loop=loop, username=username,
-                              password=password, tls=tls)
+                              password=password, tls=tls, io="asyncio")
     d = Dispatcher(transport, AsyncioClock(loop), {"id": client_id,
                                                    "request_timeout": timeout})
     d.start()
