@@ -461,15 +461,7 @@ class CodeEngine:
         targets = p.require(kwargs, "engines", list)
         for target in targets:
             p.check_name("engine", target)
-        was_running = host.status is ProgramStatus.RUNNING
-        host.pause()
-        try:
-            doc = host.snapshot()
-        except SnapshotError as exc:
-            raise p.ProtocolError(p.SNAPSHOT_FAILED, str(exc)) from None
-        finally:
-            if was_running:
-                host.resume()
+        doc = self._snapshot(host, pause_after=False)
         futures = []
         for target in targets:
             copy_id = f"{host.code_name}.{self.new_id()[:12]}"
@@ -527,17 +519,22 @@ class CodeEngine:
         host.kill()
         return host.status.value
 
-    def _proc_snapshot(self, kwargs: Any, host: ProgramHost) -> dict:
-        self._check_idle(host)
+    def _snapshot(self, host: ProgramHost, pause_after: bool) -> dict:
+        """Pause, capture, and resume unless asked to stay paused (never resumes a program
+        that was paused before: ThingsJS bug 18)."""
         was_running = host.status is ProgramStatus.RUNNING
         host.pause()
         try:
-            doc = host.snapshot()
+            return host.snapshot()
         except SnapshotError as exc:
             raise p.ProtocolError(p.SNAPSHOT_FAILED, str(exc)) from None
         finally:
-            if was_running and not (isinstance(kwargs, dict) and kwargs.get("pause_after")):
+            if was_running and not pause_after:
                 host.resume()
+
+    def _proc_snapshot(self, kwargs: Any, host: ProgramHost) -> dict:
+        self._check_idle(host)
+        doc = self._snapshot(host, isinstance(kwargs, dict) and bool(kwargs.get("pause_after")))
         self.transport.publish(p.program_topic(host.code_name, host.instance_id,
                                                "snapshots"), p.encode(doc), qos=0)
         return doc
