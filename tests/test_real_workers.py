@@ -160,9 +160,12 @@ def test_broker_restart_reconnects_everyone_and_no_command_is_lost_or_repeated(b
         await asyncio.sleep(0.5)
         await loop.run_in_executor(None, broker.start)
         second = await asyncio.wait_for(pending, 30)
-        await asyncio.sleep(1.0)
         assert await d.pause_code(iid) == "Paused"
-        programs = d.engines["w1"].report.get("procs", {})
+        for _ in range(200):  # the registry report follows the replies
+            programs = d.engines["w1"].report.get("procs", {})
+            if second["id"] in programs and programs[iid]["status"] == "Paused":
+                break
+            await asyncio.sleep(0.05)
         assert set(programs) == {iid, second["id"]}  # run once, not lost, not twice
         d.kill()
 
