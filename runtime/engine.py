@@ -30,7 +30,7 @@ from .future import settle
 from .meter import Meter, ProcessMeter
 from .program import ProgramHost, ProgramStatus
 from .rpc import Requester, random_ids
-from .snapshot import RestoreError, SnapshotError
+from .snapshot import RestoreError, SnapshotError, document
 from .transport import Message, Transport
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class CodeEngine:
         keepalive: float = 10.0,
         program_qos: int = 0,
         program_factory: Callable[..., Any] | None = None,
+        snapshot_key: bytes | None = None,
     ) -> None:
         self.id = p.check_name("engine id", engine_id)
         self.transport = transport
@@ -71,6 +72,8 @@ class CodeEngine:
         #: makes programs; None runs them in this process (the simulator), the worker
         #: passes ``runtime.isolation.process_factory()`` (one process per program)
         self.program_factory = program_factory
+        #: shared secret: sign the snapshots this engine sends, restore only signed ones
+        self.snapshot_key = snapshot_key
         self.programs: dict[str, ProgramHost] = {}
         self.migrations: list[dict] = []  # completed and failed migrations, with phases
         self.running = False
@@ -406,6 +409,11 @@ class CodeEngine:
 
     def _cmd_restore_code(self, kwargs: dict) -> dict:
         doc = p.require(kwargs, "snapshot", dict)
+        if self.snapshot_key is not None:
+            try:
+                document.verify(doc, self.snapshot_key)
+            except RestoreError as exc:
+                raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
         program = doc.get("program") if isinstance(doc.get("program"), dict) else {}
         iid = kwargs.get("instance_id") or program.get("instance_id")
         p.check_name("instance_id", iid)
@@ -467,7 +475,8 @@ class CodeEngine:
             copy_id = f"{host.code_name}.{self.new_id()[:12]}"
             futures.append(self._requester.request(
                 p.engine_topic(target, "migrate"), "restore_code",
-                {"snapshot": doc, "instance_id": copy_id}, self.request_timeout))
+                {"snapshot": self._signed(doc), "instance_id": copy_id},
+                self.request_timeout))
         from .future import gather
 
         out = self.clock.create_future()
@@ -518,6 +527,9 @@ class CodeEngine:
         self._check_idle(host)
         host.kill()
         return host.status.value
+
+    def _signed(self, doc: dict) -> dict:
+        return doc if self.snapshot_key is None else document.sign(doc, self.snapshot_key)
 
     def _snapshot(self, host: ProgramHost, pause_after: bool) -> dict:
         """Pause, capture, and resume unless asked to stay paused (never resumes a program
@@ -582,7 +594,7 @@ class _Migration:
                            self.record["started"] + self.record["snapshot_s"])
         engine._requester.request(
             p.engine_topic(self.target, "migrate"), "restore_code",
-            {"snapshot": self.doc, "paused": True, "size": nbytes,
+            {"snapshot": engine._signed(self.doc), "paused": True, "size": nbytes,
              "migration_id": self.record["migration_id"]},
             engine.request_timeout).add_done_callback(self._prepared)
         return self.out

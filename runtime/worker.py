@@ -7,7 +7,8 @@ The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) 
 ``keepalive``, ``username``/``password``, ``tls`` (``ca_certs``, ``certfile``,
 ``keyfile``), ``resource_period``, ``on_shutdown`` (``"stop"``, or ``"migrate"`` to
 move every program to another live engine before leaving), ``isolate`` (one process per
-program, default true), ``program_memory_limit_mb`` and ``max_callback_s``.
+program, default true), ``program_memory_limit_mb``, ``max_callback_s`` and
+``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be).
 
 Why asyncio: the core is single-threaded by design (it never runs two callbacks at
 once); asyncio gives it a real-time clock (``AsyncioClock``) and one thread to run on,
@@ -49,6 +50,7 @@ class WorkerConfig:
     isolate: bool = True  # one process per program
     program_memory_limit_mb: float | None = None  # RLIMIT_AS of each program process
     max_callback_s: float | None = 30.0  # longer callbacks are interrupted (crash)
+    snapshot_key: str | None = None  # shared secret: only signed snapshots are restored
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -113,7 +115,9 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
                         request_timeout=config.request_timeout,
                         program_factory=process_factory(config.program_memory_limit_mb,
                                                         config.max_callback_s)
-                        if config.isolate else None)
+                        if config.isolate else None,
+                        snapshot_key=config.snapshot_key.encode("utf-8")
+                        if config.snapshot_key else None)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

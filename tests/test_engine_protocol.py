@@ -224,3 +224,44 @@ def test_request_timeouts_are_typed():
     clock.run(until=5)
     assert isinstance(fut.exception(), RequestTimeout)
     assert "within 2 s" in str(fut.exception())
+
+
+def test_signed_snapshots_only_when_engines_share_a_key():
+    """With snapshot_key set, engines restore only snapshots signed with that key: a
+    client that can reach <engine>/migrate still cannot make a worker run its code."""
+    from runtime.snapshot import document
+
+    clock = VirtualClock()
+    broker = MemoryBroker(clock)
+    engines = {name: CodeEngine(broker.client(name), clock, engine_id=name,
+                                resource_period=None, snapshot_key=b"lab-secret").start()
+               for name in ("e0", "e1")}
+    client = broker.client("mallory")
+    client.connect()
+    rpc = Requester(client, clock, "mallory/reply", timeout=60)
+    clock.run(until=0.1)
+    started = rpc.request("e0/cmd", "run_code", {"code_name": "c", "source": FOREVER})
+    clock.run(until=0.5)
+    iid = started.result()["id"]
+    moved = rpc.request("e0/cmd", "migrate_code", {"instance_id": iid, "engine": "e1"})
+    clock.run(until=1.0)
+    assert moved.result()["engine"] == "e1"  # signed by e0, verified by e1
+    doc = engines["e1"].programs[iid].snapshot()
+    forged = {**doc, "program": {**doc["program"], "instance_id": "evil.1"}}
+    attempts = {
+        "unsigned": forged,
+        "other key": document.sign(forged, b"guess"),
+        "tampered": {**document.sign(doc, b"lab-secret"), "time": 99.0},
+    }
+    for label, snapshot in attempts.items():
+        fut = rpc.request("e0/migrate", "restore_code", {"snapshot": snapshot,
+                                                         "instance_id": f"x.{len(label)}"})
+        clock.run(until=clock.now() + 0.5)
+        with pytest.raises(RemoteError) as info:
+            fut.result()
+        assert info.value.code == p.RESTORE_FAILED, label
+    assert list(engines["e0"].programs) == []
+    good = rpc.request("e0/migrate", "restore_code",
+                       {"snapshot": document.sign(forged, b"lab-secret")})
+    clock.run(until=clock.now() + 0.5)
+    assert good.result()["id"] == "evil.1"  # holders of the key can, of course
