@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from . import protocol as p
 from .clock import Clock
-from .future import settle
+from .future import gather, settle
 from .meter import Meter, ProcessMeter
 from .program import ProgramHost, ProgramStatus
 from .rpc import Requester, random_ids
@@ -477,8 +477,6 @@ class CodeEngine:
                 p.engine_topic(target, "migrate"), "restore_code",
                 {"snapshot": self._signed(doc), "instance_id": copy_id},
                 self.request_timeout))
-        from .future import gather
-
         out = self.clock.create_future()
 
         def collected(results_future: Any) -> None:

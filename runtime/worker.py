@@ -27,6 +27,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import protocol as p
+from .clock import AsyncioClock
+from .engine import CodeEngine
+from .isolation import process_factory
+
 log = logging.getLogger("thingssim.worker")
 
 
@@ -75,11 +80,9 @@ class WorkerConfig:
                               '{"pubsub_url": "mqtt://localhost:1883", "id": "bbb-1"})')
         config = cls(**{k: v for k, v in data.items() if k in known},
                      extra={k: v for k, v in data.items() if k not in known})
-        from . import protocol
-
         try:
-            protocol.check_name("id", config.id)
-        except protocol.ProtocolError as exc:
+            p.check_name("id", config.id)
+        except p.ProtocolError as exc:
             raise ConfigError(f"{where}: {exc.message}") from None
         if not isinstance(config.pubsub_url, str) or "://" not in config.pubsub_url:
             raise ConfigError(f"{where}: pubsub_url must look like mqtt://host:1883")
@@ -102,9 +105,6 @@ def make_transport(config: WorkerConfig, loop: asyncio.AbstractEventLoop, client
 
 async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the engine until ``stop`` is set (or SIGINT/SIGTERM); returns an exit code."""
-    from .clock import AsyncioClock
-    from .engine import CodeEngine
-    from .isolation import process_factory
 
     loop = asyncio.get_running_loop()
     clock = AsyncioClock(loop)
@@ -140,8 +140,6 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
 
 async def migrate_away(engine: Any, clock: Any) -> None:
     """Move every running program to another live engine before leaving."""
-    from . import protocol as p
-
     peers: dict[str, str] = {}
 
     def on_state(message: Any) -> None:
