@@ -5,7 +5,8 @@ programs in child processes), for program states of 1 KB to 10 MB.
 
 Writes ``results/real_migration.csv`` (one row per migration: size, snapshot, transfer,
 restore, commit, total seconds as recorded by the source engine, plus the dispatcher's
-wall-clock round trip) and prints the medians.
+wall-clock round trip), ``results/real_migration.png`` (median phases per size) and
+prints the medians.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,8 +101,20 @@ def main() -> int:
     df.to_csv(args.out, index=False, float_format="%.6f")
     cols = ["snapshot_bytes", "snapshot_s", "transfer_s", "restore_s", "commit_s", "total_s",
             "dispatcher_wall_s"]
-    print(df.groupby("state_bytes")[cols].median().to_string(float_format="%.4f"))
-    print(f"written: {args.out}")
+    medians = df.groupby("state_bytes")[cols].median()
+    print(medians.to_string(float_format="%.4f"))
+    phases = ["snapshot_s", "transfer_s", "restore_s", "commit_s"]
+    ax = (medians[phases] * 1e3).rename(columns=lambda c: c[:-2]).plot.bar(
+        stacked=True, figsize=(7, 4), rot=0)
+    ax.set_xticklabels([f"{int(b):,} B" for b in medians.index])
+    ax.set(xlabel="program state", ylabel="median time (ms)",
+           title="Migration between two real workers (loopback Mosquitto)")
+    ax.grid(axis="y", alpha=0.3)
+    figure = args.out.with_suffix(".png")
+    ax.figure.tight_layout()
+    ax.figure.savefig(figure, dpi=120)
+    plt.close(ax.figure)
+    print(f"written: {args.out}, {figure}")
     return 0
 
 
