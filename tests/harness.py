@@ -13,6 +13,24 @@ from runtime.snapshot import dumps, loads
 PROGRAMS = Path(__file__).parent / "programs"
 
 
+def forever_counter(period: float) -> str:
+    """A program that prints 0, 1, 2, ... every ``period`` seconds, forever."""
+    return ("n = 0\n"
+            "def tick():\n"
+            "    global n\n"
+            "    print(n)\n"
+            "    n += 1\n"
+            f"things.set_interval(tick, {period!r})\n")
+
+
+def consecutive(lines, from_zero: bool = True) -> list[int]:
+    """The console as numbers, asserting no gap and no repeat (ThingsJS's migration check)."""
+    numbers = [int(x) for x in lines]
+    first = 0 if from_zero or not numbers else numbers[0]
+    assert numbers == list(range(first, first + len(numbers))), numbers
+    return numbers
+
+
 def corpus() -> list[Path]:
     return sorted(PROGRAMS.glob("*.py"))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import PROGRAMS
+from harness import PROGRAMS, forever_counter
 
 from runtime import VirtualClock
 from runtime import protocol as p
@@ -19,14 +19,7 @@ from runtime.memory import MemoryBroker
 from runtime.rpc import RemoteError, Requester, RequestTimeout
 
 COUNTER = (PROGRAMS / "counter.py").read_text()
-FOREVER = """
-n = 0
-def tick():
-    global n
-    print(n)
-    n += 1
-things.set_interval(tick, 0.1)
-"""
+FOREVER = forever_counter(0.1)
 
 
 class Lab:

@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import pytest
+from harness import consecutive, forever_counter
 
 from runtime.clock import AsyncioClock
 from runtime.dispatcher import Dispatcher
@@ -14,14 +15,7 @@ from runtime.isolation import process_factory
 from runtime.memory import MemoryBroker
 from runtime.rpc import RemoteError
 
-COUNTER = """
-n = 0
-def tick():
-    global n
-    print(n)
-    n += 1
-things.set_interval(tick, 0.05)
-"""
+COUNTER = forever_counter(0.05)
 
 
 async def lab(n: int = 2, **factory):
@@ -34,12 +28,6 @@ async def lab(n: int = 2, **factory):
     d = Dispatcher(broker.client("d"), clock, {"id": "d"}).start()
     await asyncio.sleep(0.05)
     return engines, d
-
-
-def consecutive(lines) -> list[int]:
-    numbers = [int(x) for x in lines]
-    assert numbers == list(range(len(numbers))), numbers
-    return numbers
 
 
 def test_programs_run_pause_migrate_and_really_die_in_their_own_processes():

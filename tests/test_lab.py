@@ -279,8 +279,9 @@ def test_lab_migrates_a_program_across_two_emulated_boards(prefix):
     from runtime.dispatcher import Dispatcher
     from runtime.mqtt import MqttTransport
 
-    source = ("n = 0\ndef tick():\n    global n\n    print(n)\n    n += 1\n"
-              "things.set_interval(tick, 0.05)\n")
+    from harness import forever_counter
+
+    source = forever_counter(0.05)
 
     async def scenario(url: str) -> tuple[list[str], dict]:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from pathlib import Path
 import mqtt_fixtures
 import paho.mqtt.client as mqtt
 import pytest
+from harness import forever_counter
 from mqtt_fixtures import AUTH_USERS, require_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -43,14 +44,7 @@ event_loop_thread = mqtt_fixtures.event_loop_thread
 ROOT = Path(__file__).resolve().parents[1]
 IO_MODES = pytest.mark.parametrize("io", ["thread", "asyncio"])
 
-COUNTER = """
-n = 0
-def tick():
-    global n
-    print(n)
-    n += 1
-things.set_interval(tick, 0.02)
-"""
+COUNTER = forever_counter(0.02)
 
 
 async def until(cond, timeout: float = 5.0, what: str = "condition") -> None:

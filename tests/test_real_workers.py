@@ -16,30 +16,24 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import consecutive, forever_counter
+from mqtt_fixtures import _start, require_broker
 
 from runtime import protocol as p
 from runtime.clock import AsyncioClock
 from runtime.dispatcher import Dispatcher
 from runtime.rpc import RemoteError
-from thingssim.broker import BrokerError, find_mosquitto, start_broker
+from thingssim.broker import find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTER = """
-n = 0
-def tick():
-    global n
-    print(n)
-    n += 1
-things.set_interval(tick, 0.05)
-"""
+COUNTER = forever_counter(0.05)
 
 
 @pytest.fixture(scope="module")
 def broker():
-    try:
-        handle = start_broker(config={"persistence": True})
-    except BrokerError as exc:
-        pytest.skip(f"no MQTT broker available: {exc}")
+    """Like mqtt_fixtures.broker, with persistence (the broker restart test needs it)."""
+    require_broker()
+    handle = _start(config={"persistence": True})
     yield handle
     handle.stop()
 
@@ -90,12 +84,6 @@ async def dispatcher(url: str, engines: list[str], timeout: float = 20.0) -> Dis
             return d
         await asyncio.sleep(0.05)
     raise AssertionError(f"engines not seen: {engines}, have {list(d.engines)}")
-
-
-def consecutive(lines) -> list[int]:
-    numbers = [int(x) for x in lines]
-    assert numbers == list(range(len(numbers))), numbers
-    return numbers
 
 
 def test_run_pause_resume_migrate_spawn_kill_across_worker_processes(broker, workers):

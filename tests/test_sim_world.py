@@ -5,25 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from harness import consecutive, forever_counter
 
 from runtime import protocol as p
 from runtime.rpc import RemoteError
 from thingssim.sim.world import World
 
-COUNTER = """
-count = 0
-def tick():
-    global count
-    print(count)
-    count += 1
-things.set_interval(tick, 0.1)
-"""
-
-
-def consecutive(lines) -> list[int]:
-    numbers = [int(x) for x in lines]
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
-    return numbers
+COUNTER = forever_counter(0.1)
 
 
 def make_world(n: int = 3, seed: int = 0, **board) -> tuple[World, object]:
@@ -49,7 +37,7 @@ def test_thingsjs_dispatcher_test_in_simulation():
     world.run(world.env.now + 1.0)
     assert d.engines["e0"].status == "idle" and d.engines["e1"].status == "busy"
     assert d.programs[iid].engine == "e1"
-    numbers = consecutive(d.programs[iid].console)
+    numbers = consecutive(d.programs[iid].console, from_zero=False)
     assert numbers[0] == 0 and len(numbers) > 15  # strictly consecutive across the move
     assert world.wait(d.pause_code(iid)) == "Paused"
     world.run(world.env.now + 0.5)
@@ -58,7 +46,7 @@ def test_thingsjs_dispatcher_test_in_simulation():
     assert world.wait(d.kill_code(iid)) == "Exited"
     world.run(world.env.now + 0.5)
     assert d.programs[iid].status == "Exited"
-    consecutive(d.programs[iid].console)
+    consecutive(d.programs[iid].console, from_zero=False)
 
 
 def test_migration_timing_follows_the_link_model_and_phases_add_up():
@@ -92,7 +80,7 @@ def test_failed_restore_keeps_the_program_on_the_source():
     assert list(world.boards["e0"].engine.programs) == [iid]
     assert world.boards["e1"].engine.programs == {}
     assert d.programs[iid].engine == "e0" and d.programs[iid].status == "Running"
-    consecutive(d.programs[iid].console)
+    consecutive(d.programs[iid].console, from_zero=False)
 
 
 def test_target_crash_mid_migration_leaves_exactly_one_copy():
@@ -113,7 +101,7 @@ def test_target_crash_mid_migration_leaves_exactly_one_copy():
     copies = [b.name for b in world.boards.values() if iid in b.engine.programs]
     assert copies == ["e0"]
     assert world.boards["e0"].engine.programs[iid].status.value == "Running"
-    consecutive(d.programs[iid].console)
+    consecutive(d.programs[iid].console, from_zero=False)
 
 
 def test_board_crash_is_seen_through_the_last_will_within_1_5_keepalive():
@@ -140,7 +128,7 @@ def test_broker_outage_clients_reconnect_and_nothing_is_lost_at_qos1():
     world.run(world.env.now + 3.0)
     world.network.broker_up()
     world.run(world.env.now + 15.0)
-    numbers = consecutive(d.programs[iid].console)  # console is published at QoS 1
+    numbers = consecutive(d.programs[iid].console, from_zero=False)  # console is published at QoS 1
     assert len(numbers) > 150
     assert world.wait(d.pause_code(iid)) == "Paused"  # commands work again
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from runtime import AsyncioClock, ProgramHost, VirtualClock
 from runtime.bus import LocalBus
+from runtime.program import HORIZON_EPSILON
 from runtime.snapshot import dumps, loads
 
 
@@ -50,7 +51,7 @@ def run_for(host: ProgramHost, clock: object, duration: float | None) -> None:
     else:
         _run_real_time(host, clock, duration)
     if host.alive and horizon is not None:
-        while (due := host.next_due()) is not None and due <= horizon + 1e-9:
+        while (due := host.next_due()) is not None and due <= horizon + HORIZON_EPSILON:
             host.run_next()  # real time: anything the loop had not reached yet
         host.pause(at=horizon)
 
