@@ -275,11 +275,11 @@ def test_lab_migrates_a_program_across_two_emulated_boards(prefix):
     """lab up, run a counter on a Pi 3, migrate it to a Pi Zero (shaped links), lab down."""
     import asyncio
 
+    from harness import forever_counter
+
     from runtime.clock import AsyncioClock
     from runtime.dispatcher import Dispatcher
     from runtime.mqtt import MqttTransport
-
-    from harness import forever_counter
 
     source = forever_counter(0.05)
 
