@@ -102,8 +102,8 @@ class Dispatcher:
         if self.config.watch_console:
             t.subscribe("+/+/console", self._on_console, qos=1)
         if self.config.watch_resources:
-            t.subscribe("+/resource", self._on_engine_resource, qos=0)
-            t.subscribe("+/+/resource", self._on_program_resource, qos=0)
+            t.subscribe("+/resource", self._on_resource, qos=0)
+            t.subscribe("+/+/resource", self._on_resource, qos=0)
         self._requester = Requester(t, self.clock, f"{self.id}/reply", self.new_id,
                                     self.config.request_timeout)
         t.add_connection_listener(lambda up: up and self.request_status_reports())
@@ -300,18 +300,13 @@ class Dispatcher:
             return
         program.console.extend(str(x) for x in (lines if isinstance(lines, list) else [lines]))
 
-    def _on_engine_resource(self, message: Message) -> None:
-        engine = self.engines.get(message.topic.split("/")[0])
-        if engine is not None:
+    def _on_resource(self, message: Message) -> None:
+        """``<engine>/resource`` or ``<code>/<instance>/resource``: keep the latest."""
+        levels = message.topic.split("/")
+        handle = self.engines.get(levels[0]) if len(levels) == 2 else \
+            self.programs.get(levels[1])
+        if handle is not None:
             try:
-                engine.resource = p.decode(message.payload)
-            except p.ProtocolError:
-                pass
-
-    def _on_program_resource(self, message: Message) -> None:
-        program = self.programs.get(message.topic.split("/")[1])
-        if program is not None:
-            try:
-                program.resource = p.decode(message.payload)
+                handle.resource = p.decode(message.payload)
             except p.ProtocolError:
                 pass

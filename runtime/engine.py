@@ -651,9 +651,7 @@ class _Migration:
             self._abort(reason)  # the target may still hold a copy: keep ours paused
             return
         engine = self.engine
-        engine._busy.pop(self.host.instance_id, None)
-        if self.was_running:
-            self.host.resume()
+        self._resume()
         self.record.update(ok=False, total_s=engine.clock.now() - self.record["started"])
         self._done()
         settle(self.out, error=p.ProtocolError(p.MIGRATION_FAILED, f"{reason}; the program "
