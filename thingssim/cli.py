@@ -1,9 +1,18 @@
-"""The ``thingssim`` command line (click: well kept, composable, good error messages)."""
+"""The ``thingssim`` command line (click: well kept, composable, good error messages).
+
+Every user mistake ends in one line on stderr naming the file, key or value at fault:
+exit code 1 for a user error (a missing or bad file, a program that does not compile, an
+unwritable output), 2 for bad options (click's usage errors).
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,12 +21,30 @@ from runtime.snapshot import SnapshotError
 
 from . import standalone
 
-_FOR = click.option("--for", "duration", type=click.FloatRange(min=0), default=None,
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange, minus nan and inf (``--for nan`` would never end)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+SECONDS = FiniteFloat(min=0)
+
+_FOR = click.option("--for", "duration", type=SECONDS, default=None,
                     help="Stop after this many seconds of program time.")
 _VIRTUAL = click.option("--virtual", is_flag=True,
                         help="Simulated clock: jump from event to event, no waiting.")
 _COMPRESS = click.option("--compress/--no-compress", default=None,
                          help="gzip the snapshot (default: only if the name ends in .gz).")
+#: an input file: its problems (missing, a directory, unreadable) are user errors (exit 1,
+#: one line naming it), found when it is read, not click usage errors (exit 2)
+_INPUT = click.Path(path_type=Path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,11 +53,47 @@ def main() -> None:
     """thingssim: live-migratable IoT programs, in simulation and on real boards."""
 
 
-def _console(text: str) -> None:
-    sys.stdout.write(text)
+class _StdoutClosed(KeyboardInterrupt):
+    """Whoever read our stdout went away (``thingssim run P | head``).
+
+    A KeyboardInterrupt because ProgramHost lets those through instead of calling them
+    the program's crash; the command then ends quietly with exit code 1, as click ends
+    any command whose stdout closes.
+    """
 
 
-def _finish(host: object) -> None:
+class _Console:
+    """The program's console on stdout. If the reader goes away, the console goes to
+    /dev/null; ``stop_when_closed`` (run, restore --for) also ends the command, while a
+    snapshot still gets written."""
+
+    def __init__(self, stop_when_closed: bool) -> None:
+        self.stop_when_closed = stop_when_closed
+        self.closed = False
+
+    def __call__(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text)
+        except BrokenPipeError:
+            self.closed = True
+            _stdout_to_devnull()
+            if self.stop_when_closed:
+                raise _StdoutClosed from None
+
+
+def _stdout_to_devnull() -> None:
+    """Later flushes of what is still buffered (ours, at exit) must not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests)
+        pass
+
+
+def _finish(host: Any) -> None:
     """Exit like the program did: its exit code, or 1 with its traceback if it crashed."""
     sys.stdout.flush()
     if host.status is ProgramStatus.CRASHED:
@@ -40,44 +103,84 @@ def _finish(host: object) -> None:
         sys.exit(host.exit_code)
 
 
-def _load(virtual: bool, **source: Path) -> tuple[object, object]:
+def _run_for(host: Any, clock: Any, duration: float | None) -> None:
+    try:
+        standalone.run_for(host, clock, duration)
+    except _StdoutClosed:
+        sys.exit(1)
+
+
+def _load(virtual: bool, console: _Console, **source: Path) -> tuple[Any, Any]:
+    """A host for ``program=`` or ``snapshot=``; every problem with the file is one line
+    naming it (exit 1)."""
+    ((_, path),) = source.items()
     clock = standalone.make_clock(virtual)
     try:
-        host = standalone.load_host(clock=clock, console=_console, **source)
+        host = standalone.load_host(clock=clock, console=console, **source)
     except SyntaxError as exc:
         raise click.ClickException(f"{exc.filename}:{exc.lineno}: {exc.msg}") from None
-    except (SnapshotError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except FileNotFoundError:
+        raise click.ClickException(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise click.ClickException(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read it ({exc.strerror or exc})") \
+            from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: not a UTF-8 text file") from None
+    except SnapshotError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     return host, clock
 
 
-def _snapshot_to(host: object, out: Path, compress: bool | None, at: float) -> None:
+def _cannot_write_in(directory: Path) -> str | None:
+    """Why no file can be created in ``directory`` (None: it can)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".thingssim-"):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def _check_output(output: Path) -> None:
+    """Before running: a snapshot that could not be written would waste the run."""
+    parent = output.parent
+    if not parent.is_dir():
+        raise click.ClickException(f"-o {output}: no directory {parent}")
+    reason = _cannot_write_in(parent)
+    if reason:
+        raise click.ClickException(f"-o {output}: cannot write in {parent} ({reason})")
+
+
+def _snapshot_to(host: Any, out: Path, compress: bool | None, at: float) -> None:
     if not host.alive:
         _finish(host)
         raise click.ClickException(f"the program ended ({host.status.value}) before "
                                    f"t={at:g}; nothing to snapshot")
     try:
         size = standalone.write_snapshot(host, out, compress)
-    except (SnapshotError, OSError) as exc:
+    except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"-o {out}: {exc.strerror or exc}") from None
     click.echo(f"snapshot of {host.instance_id} at t={host.program_time():g} -> {out} "
                f"({size} bytes)", err=True)
 
 
 @main.command()
-@click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("program", type=_INPUT)
 @_FOR
 @_VIRTUAL
 def run(program: Path, duration: float | None, virtual: bool) -> None:
     """Run PROGRAM, printing its console, until it exits (or for --for seconds)."""
-    host, clock = _load(virtual, program=program)
-    standalone.run_for(host, clock, duration)
+    host, clock = _load(virtual, _Console(stop_when_closed=True), program=program)
+    _run_for(host, clock, duration)
     _finish(host)
 
 
 @main.command()
-@click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--after", type=click.FloatRange(min=0), required=True,
+@click.argument("program", type=_INPUT)
+@click.option("--after", type=SECONDS, required=True,
               help="Run every event due at or before this program time, then snapshot.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Snapshot file to write (JSON; .gz to compress).")
@@ -86,16 +189,17 @@ def run(program: Path, duration: float | None, virtual: bool) -> None:
 def snapshot(program: Path, after: float, output: Path, virtual: bool,
              compress: bool | None) -> None:
     """Run PROGRAM up to program time --after, then write a snapshot and stop."""
-    host, clock = _load(virtual, program=program)
-    standalone.run_for(host, clock, after)
+    _check_output(output)
+    host, clock = _load(virtual, _Console(stop_when_closed=False), program=program)
+    _run_for(host, clock, after)
     _snapshot_to(host, output, compress, after)
 
 
 @main.command()
 @click.argument("snapshot_file", metavar="SNAPSHOT",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+                type=_INPUT)
 @_FOR
-@click.option("--after", type=click.FloatRange(min=0), default=None,
+@click.option("--after", type=SECONDS, default=None,
               help="Snapshot again after this many more seconds (needs -o).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Where to write the next snapshot.")
@@ -108,8 +212,11 @@ def restore(snapshot_file: Path, duration: float | None, after: float | None,
         raise click.UsageError("--after and -o go together")
     if after is not None and duration is not None:
         raise click.UsageError("use either --for or --after/-o, not both")
-    host, clock = _load(virtual, snapshot=snapshot_file)
-    standalone.run_for(host, clock, after if after is not None else duration)
+    if output is not None:
+        _check_output(output)
+    host, clock = _load(virtual, _Console(stop_when_closed=output is None),
+                        snapshot=snapshot_file)
+    _run_for(host, clock, after if after is not None else duration)
     if output is not None:
         _snapshot_to(host, output, compress, after)
     else:
@@ -117,22 +224,31 @@ def restore(snapshot_file: Path, duration: float | None, after: float | None,
 
 
 @main.command()
-@click.argument("scenario_file", metavar="SCENARIO.toml",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("scenario_file", metavar="SCENARIO.toml", type=_INPUT)
 @click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write messages/migrations/programs/boards/actions/faults CSVs here.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool) -> None:
     """Run a simulated scenario (boards, programs, actions, faults) and summarise it."""
+    started = time.perf_counter()
     from tqdm import tqdm
 
     from .sim.scenario import Scenario, ScenarioError
 
     try:
-        scenario = Scenario.from_toml(scenario_file)
-    except (ScenarioError, KeyError, ValueError, TypeError) as exc:
-        raise click.ClickException(f"{scenario_file}: {exc}") from None
+        scenario = Scenario.from_toml(scenario_file)  # its errors start with the file name
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if out is not None:  # before running: a run whose CSVs cannot be written is wasted
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot create the directory "
+                                       f"({exc.strerror or exc})") from None
+        reason = _cannot_write_in(out)
+        if reason:
+            raise click.ClickException(f"--out {out}: cannot write there ({reason})")
     bar = tqdm(total=scenario.duration, unit="sim-s", disable=not progress,
                desc=scenario.name, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s "
                "[{elapsed}<{remaining}]")
@@ -155,8 +271,12 @@ def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool)
         click.echo("\nfailed actions:")
         click.echo(failed.to_string(index=False))
     if out is not None:
-        paths = results.save(out)
+        try:
+            paths = results.save(out)
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: {exc.strerror or exc}") from None
         click.echo(f"\nwritten: {', '.join(str(p) for p in paths)}")
+    click.echo(f"run time: {time.perf_counter() - started:.1f} s")
 
 
 _AUTH = [click.option("--username", "-u", default=None, help="Broker user name."),

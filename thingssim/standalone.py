@@ -24,9 +24,15 @@ def load_host(
     """A host for a program file (not yet started) or a snapshot file (restored, paused)."""
     bus = LocalBus()
     if program is not None:
-        host = ProgramHost(program.read_text(encoding="utf-8"), clock=clock,
-                           code_name=program.name, filename=str(program),
-                           publish=bus.publish, console=console)
+        # the snapshot keeps the file's name, never the path as typed (or the cwd): the
+        # same program gives the same snapshot from any directory and any path spelling
+        try:
+            host = ProgramHost(program.read_text(encoding="utf-8"), clock=clock,
+                               code_name=program.name, filename=program.name,
+                               publish=bus.publish, console=console)
+        except SyntaxError as exc:
+            exc.filename = str(program)  # the user's error message names their path
+            raise
     else:
         assert snapshot is not None
         host = ProgramHost.restore(loads(snapshot.read_bytes()), clock=clock, paused=True,
