@@ -92,7 +92,7 @@ def test_exit_codes_and_crashes(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["run", "missing.py"], "does not exist"),
+    (["run", "missing.py"], "missing.py: no such file"),
     (["restore", "{snap}", "--after", "1"], "--after and -o go together"),
     (["restore", "{garbage}"], "not a snapshot"),
     (["run", "{syntax}"], "was never closed"),

@@ -20,15 +20,19 @@ TOML layout (every key optional unless marked)::
 
 from __future__ import annotations
 
+import difflib
+import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from runtime.dispatcher import UnknownEngine, UnknownProgram
+from runtime import protocol
+from runtime.dispatcher import DispatcherConfig, UnknownEngine, UnknownProgram
 
+from .boards import PROFILES, BoardProfile
 from .network import BrokerProfile
 from .world import CostModel, World
 
@@ -104,57 +108,71 @@ class Scenario:
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_toml(cls, path: str | Path) -> Scenario:
+        """Load a TOML scenario; every problem is a ScenarioError starting with the path."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ScenarioError(f"{path}: is a directory, not a scenario file") from None
+        except OSError as exc:
+            raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ScenarioError(f"{path}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{path}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: Path | None = None) -> Scenario:
+        """Build and validate a scenario: unknown keys, wrong types, impossible values,
+        unknown profiles and programs that do not compile are ScenarioErrors naming the
+        entry and key, raised before anything runs."""
         base_dir = base_dir or Path.cwd()
+        if not isinstance(data, dict):
+            raise ScenarioError("a scenario must be a table (a dict)")
         top = {"name", "seed", "duration", "keepalive", "broker", "cost", "dispatcher",
                "boards", "programs", "actions", "faults", "trace"}
         _no_unknown("scenario", data, top)
         if "duration" not in data:
             raise ScenarioError("scenario needs a 'duration' (simulated seconds)")
-        boards = []
-        for item in data.get("boards", []):
-            item = dict(item)
-            spec = BoardSpec(name=_required("boards", item, "name"),
-                             profile=item.pop("profile", "raspberry-pi-3"),
-                             count=int(item.pop("count", 1)),
-                             resource_period=item.pop("resource_period", 1.0))
-            item.pop("name")
-            spec.overrides = item
-            boards.append(spec)
-        programs = []
-        for item in data.get("programs", []):
-            _no_unknown("programs", item, {"name", "file", "source", "board", "at"})
-            if "source" in item:
-                source = item["source"]
-            elif "file" in item:
-                file = base_dir / item["file"]
-                if not file.is_file():
-                    raise ScenarioError(f"program {item.get('name')!r}: no file {file}")
-                source = file.read_text(encoding="utf-8")
-            else:
-                raise ScenarioError(f"program {item.get('name')!r} needs 'file' or 'source'")
-            programs.append(ProgramSpec(_required("programs", item, "name"), source,
-                                        _required("programs", item, "board"),
-                                        float(item.get("at", 0.0))))
-        actions = [ActionSpec(**_checked("actions", a, {"at", "type", "program", "to"}))
-                   for a in data.get("actions", [])]
-        faults = [FaultSpec(**_checked("faults", f, {"at", "type", "board", "duration"}))
-                  for f in data.get("faults", [])]
-        scenario = cls(duration=float(data["duration"]), boards=boards, programs=programs,
-                       actions=actions, faults=faults, seed=int(data.get("seed", 0)),
-                       name=str(data.get("name", "scenario")),
-                       keepalive=float(data.get("keepalive", 10.0)),
-                       broker=dict(data.get("broker", {})), cost=dict(data.get("cost", {})),
-                       dispatcher=dict(data.get("dispatcher", {})),
-                       trace=bool(data.get("trace", True)))
+        duration = _number("scenario", "duration", data["duration"], positive=True)
+        seed = data.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ScenarioError(f"scenario: seed must be an integer, not {seed!r}")
+        keepalive = _number("scenario", "keepalive", data.get("keepalive", 10.0),
+                            positive=True)
+        name = data.get("name", "scenario")
+        if not isinstance(name, str):
+            raise ScenarioError(f"scenario: name must be a string, not {name!r}")
+        trace = data.get("trace", True)
+        if not isinstance(trace, bool):
+            raise ScenarioError(f"scenario: trace must be true or false, not {trace!r}")
+        broker = _table(data, "broker", {f.name for f in fields(BrokerProfile)})
+        cost = _table(data, "cost", {f.name for f in fields(CostModel)})
+        for section, kind in (("broker", BrokerProfile), ("cost", CostModel)):
+            try:
+                kind(**(broker if section == "broker" else cost))
+            except (TypeError, ValueError) as exc:
+                raise ScenarioError(f"[{section}]: {exc}") from None
+        dispatcher = _table(data, "dispatcher", {"profile"} |
+                            {f.name for f in fields(DispatcherConfig)} - {"id"})
+        if "profile" in dispatcher:
+            _profile("[dispatcher]", dispatcher["profile"])
+        boards = [_board(where, item) for where, item in _entries(data, "boards")]
+        programs = [_program(where, item, base_dir)
+                    for where, item in _entries(data, "programs")]
+        actions = [ActionSpec(**_action(where, item))
+                   for where, item in _entries(data, "actions")]
+        faults = [FaultSpec(**_fault(where, item)) for where, item in _entries(data, "faults")]
+        scenario = cls(duration=duration, boards=boards, programs=programs,
+                       actions=actions, faults=faults, seed=seed, name=name,
+                       keepalive=keepalive, broker=broker, cost=cost,
+                       dispatcher=dispatcher, trace=trace)
         scenario.validate()
         return scenario
 
@@ -182,8 +200,8 @@ class Scenario:
             if not fault.type.startswith("broker") and fault.board not in names:
                 raise ScenarioError(f"fault {fault.type} at {fault.at}: unknown board "
                                     f"{fault.board!r}")
-        if self.duration <= 0:
-            raise ScenarioError("duration must be positive")
+        if not self.duration > 0 or not math.isfinite(self.duration):
+            raise ScenarioError(f"duration must be a finite number > 0, not {self.duration!r}")
 
     # ---------------------------------------------------------------- running
     def run(self, seed: int | None = None,
@@ -194,19 +212,161 @@ class Scenario:
 def _no_unknown(where: str, item: dict, known: set[str]) -> None:
     unknown = sorted(set(item) - known)
     if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+        guesses = {key: close[0] for key in unknown
+                   if (close := difflib.get_close_matches(key, known, n=1))}
+        hint = ""
+        if len(unknown) == 1 and guesses:
+            hint = f" (did you mean {guesses[unknown[0]]!r}?)"
+        elif guesses:
+            hint = " (did you mean " + ", ".join(f"{guess!r} for {key!r}" for key, guess
+                                                in guesses.items()) + "?)"
+        raise ScenarioError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}; "
                             f"known: {', '.join(sorted(known))}")
-
-
-def _checked(where: str, item: dict, known: set[str]) -> dict:
-    _no_unknown(where, item, known)
-    return dict(item)
 
 
 def _required(where: str, item: dict, key: str) -> Any:
     if key not in item:
         raise ScenarioError(f"every entry of [[{where}]] needs {key!r}")
     return item[key]
+
+
+def _number(where: str, key: str, value: Any, *, positive: bool = False) -> float:
+    """A finite number, > 0 (``positive``) or >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ScenarioError(f"{where}: {key} must be a finite number "
+                            f"{'> 0' if positive else '>= 0'}, not {value!r}")
+    return float(value)
+
+
+def _string(where: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ScenarioError(f"{where}: {key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _table(data: dict, section: str, known: set[str]) -> dict:
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise ScenarioError(f"'{section}' must be a table ([{section}]), not {table!r}")
+    _no_unknown(f"[{section}]", table, known)
+    return dict(table)
+
+
+def _entries(data: dict, section: str) -> list[tuple[str, dict]]:
+    """``(where, entry)`` for each ``[[section]]`` entry; ``where`` names it in errors."""
+    entries = data.get(section, [])
+    if not isinstance(entries, list):
+        raise ScenarioError(f"'{section}' must be an array of tables ([[{section}]])")
+    out = []
+    for n, item in enumerate(entries, 1):
+        if not isinstance(item, dict):
+            raise ScenarioError(f"[[{section}]] entry {n} must be a table, not {item!r}")
+        name = item.get("name")
+        out.append((f"[[{section}]] {name!r}" if isinstance(name, str)
+                    else f"[[{section}]] entry {n}", dict(item)))
+    return out
+
+
+def _profile(where: str, name: Any) -> BoardProfile:
+    if name not in PROFILES:
+        raise ScenarioError(f"{where}: unknown profile {name!r}; known profiles: "
+                            f"{', '.join(sorted(PROFILES))}")
+    return PROFILES[name]
+
+
+_BOARD_KEYS = {"name", "profile", "count", "resource_period"}
+_OVERRIDES = {f.name for f in fields(BoardProfile)} - {"name"}
+
+
+def _board(where: str, item: dict) -> BoardSpec:
+    _no_unknown(where, item, _BOARD_KEYS | _OVERRIDES)
+    name = _required("boards", item, "name")
+    try:
+        protocol.check_name("board name", name)
+    except protocol.ProtocolError as exc:
+        raise ScenarioError(f"{where}: {exc.message}") from None
+    profile = item.pop("profile", "raspberry-pi-3")
+    base = _profile(where, profile)
+    count = item.pop("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ScenarioError(f"{where}: count must be an integer >= 1, not {count!r}")
+    period = item.pop("resource_period", 1.0)
+    if period is not None:
+        period = _number(where, "resource_period", period, positive=True)
+    item.pop("name")
+    try:
+        base.with_overrides(**item)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    return BoardSpec(name=name, profile=profile, count=count, resource_period=period,
+                     overrides=item)
+
+
+def _program(where: str, item: dict, base_dir: Path) -> ProgramSpec:
+    _no_unknown(where, item, {"name", "file", "source", "board", "at"})
+    name = _string(where, "name", _required("programs", item, "name"))
+    try:
+        protocol.check_name("program name", name)
+    except protocol.ProtocolError as exc:
+        raise ScenarioError(f"{where}: {exc.message}") from None
+    board = _string(where, "board", _required("programs", item, "board"))
+    at = _number(where, "at", item.get("at", 0.0))
+    if "source" in item:
+        source = item["source"]
+        if not isinstance(source, str):
+            raise ScenarioError(f"{where}: source must be a string")
+        filename = f"<program {name}>"
+    elif "file" in item:
+        file = base_dir / _string(where, "file", item["file"])
+        if not file.is_file():
+            raise ScenarioError(f"{where}: no file {file}")
+        try:
+            source = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ScenarioError(f"{where}: {file} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ScenarioError(f"{where}: cannot read {file} "
+                                f"({exc.strerror or exc})") from None
+        filename = str(file)
+    else:
+        raise ScenarioError(f"program {name!r} needs 'file' or 'source'")
+    try:  # a program that cannot compile is the scenario's mistake: say so before running
+        compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise ScenarioError(f"{where}: {filename}:{exc.lineno}: syntax error: "
+                            f"{exc.msg}") from None
+    except ValueError as exc:  # e.g. NUL bytes (a SyntaxError from Python 3.12 on)
+        raise ScenarioError(f"{where}: {filename}: {exc}") from None
+    return ProgramSpec(name, source, board, at)
+
+
+def _action(where: str, item: dict) -> dict:
+    _no_unknown(where, item, {"at", "type", "program", "to"})
+    for key in ("at", "type", "program"):
+        _required("actions", item, key)
+    item["at"] = _number(where, "at", item["at"])
+    _string(where, "type", item["type"])
+    _string(where, "program", item["program"])
+    to = item.get("to")
+    if to is not None and not isinstance(to, str) and not (
+            isinstance(to, list) and to and all(isinstance(t, str) for t in to)):
+        raise ScenarioError(f"{where}: to must be a board name or a list of board names, "
+                            f"not {to!r}")
+    return item
+
+
+def _fault(where: str, item: dict) -> dict:
+    _no_unknown(where, item, {"at", "type", "board", "duration"})
+    for key in ("at", "type"):
+        _required("faults", item, key)
+    item["at"] = _number(where, "at", item["at"])
+    _string(where, "type", item["type"])
+    if item.get("board") is not None:
+        _string(where, "board", item["board"])
+    if item.get("duration") is not None:
+        item["duration"] = _number(where, "duration", item["duration"], positive=True)
+    return item
 
 
 @dataclass
@@ -222,12 +382,16 @@ class Results:
     stats: dict
 
     def save(self, out: str | Path) -> list[Path]:
+        """Write the six CSVs into ``out``.  They depend only on the scenario and its seed
+        (same Python and platform): the same bytes from any directory, path spelling,
+        ``PYTHONHASHSEED`` or OS (``\\n`` line endings, fixed float format)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for name in ("messages", "migrations", "programs", "boards", "actions", "faults"):
             path = out / f"{name}.csv"
-            getattr(self, name).to_csv(path, index=False, float_format="%.9g")
+            getattr(self, name).to_csv(path, index=False, float_format="%.9g",
+                                       lineterminator="\n")
             written.append(path)
         return written
 

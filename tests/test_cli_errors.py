@@ -1,0 +1,176 @@
+"""No user mistake ends in a traceback or a hang (issue 8).
+
+Each case runs the exact command a user typed and checks the exit code (1: a user
+error, 2: bad options) and that stderr ends in one line naming what is at fault.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from harness import PROGRAMS
+
+from thingssim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTER = PROGRAMS / "counter.py"
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def last_line(err: str) -> str:
+    """The one line a user error ends in, without click's ``Error: ``."""
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    return line.removeprefix("Error: ")
+
+
+def user_error(*args: object) -> str:
+    code, _, err = cli(*args)
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1, err  # one line, nothing else
+    return last_line(err)
+
+
+def bad_option(*args: object) -> str:
+    code, _, err = cli(*args)
+    assert code == 2, err
+    return last_line(err)
+
+
+def toml(tmp: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp / name
+    path.write_text("duration = 1\n" + text)
+    return path
+
+
+# ---------------------------------------------------------------- run / snapshot / restore
+
+@pytest.mark.parametrize("command", [["run", "missing.py"],
+                                     ["snapshot", "missing.py", "--after", "1", "-o", "x.json"],
+                                     ["restore", "missing.json", "--for", "1"]])
+def test_missing_input_file_is_a_user_error(command):
+    assert user_error(*command) == f"{command[1]}: no such file"
+
+
+def test_a_directory_as_program(tmp_path):
+    assert user_error("run", tmp_path) == f"{tmp_path}: is a directory, not a file"
+
+
+@pytest.mark.parametrize(("command", "option"), [
+    (["run", COUNTER, "--for", "nan", "--virtual"], "--for"),
+    (["run", COUNTER, "--for", "inf", "--virtual"], "--for"),
+    (["snapshot", COUNTER, "--after", "nan", "-o", "a.json"], "--after"),
+    (["snapshot", COUNTER, "--after", "-1", "-o", "a.json"], "--after"),
+    (["restore", "a.json", "--after", "inf", "-o", "b.json"], "--after"),
+])
+def test_nan_inf_and_negative_times_are_bad_options(command, option):
+    """`--for nan` used to spin at 100% CPU forever."""
+    message = bad_option(*command)
+    assert message.startswith(f"Invalid value for '{option}'")
+    assert "not a finite number" in message or "not in the range x>=0" in message
+
+
+def test_snapshot_output_directory_is_checked_before_running(tmp_path):
+    out = tmp_path / "nowhere" / "a.json"
+    assert user_error("snapshot", COUNTER, "--after", "1", "-o", out, "--virtual") == \
+        f"-o {out}: no directory {out.parent}"
+
+
+def test_corrupt_snapshot_names_the_file(tmp_path):
+    snap = tmp_path / "s.json"
+    snap.write_text("{not json")
+    assert user_error("restore", snap, "--for", "1").startswith(f"{snap}: not a snapshot")
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    """`thingssim run P --for 10 | head` used to report the program as crashed."""
+    spam = tmp_path / "spam.py"
+    spam.write_text("things.set_interval(lambda: print('x' * 100), 0.001)\n")
+    for virtual in (["--virtual"], []):
+        run = subprocess.Popen([sys.executable, "-m", "thingssim.cli", "run", str(spam),
+                                "--for", "10", *virtual], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+        assert run.stdout.readline() == b"x" * 100 + b"\n"
+        run.stdout.close()  # what head does after its lines
+        err = run.stderr.read().decode()
+        assert run.wait(timeout=30) == 1 and err == "", err  # like click on a closed pipe
+
+
+def test_snapshot_is_still_written_when_the_console_pipe_closes(tmp_path):
+    spam = tmp_path / "spam.py"
+    spam.write_text("things.set_interval(lambda: print('x' * 100), 0.001)\n")
+    out = tmp_path / "s.json"
+    snap = subprocess.Popen([sys.executable, "-m", "thingssim.cli", "snapshot", str(spam),
+                             "--after", "2", "-o", str(out), "--virtual"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    snap.stdout.readline()
+    snap.stdout.close()
+    err = snap.stderr.read().decode()
+    assert snap.wait(timeout=30) == 0, err
+    assert err.startswith("snapshot of spam.py.") and out.is_file()
+
+
+# ---------------------------------------------------------------- sim
+
+def test_sim_board_key_typo_suggests_the_key(tmp_path):
+    path = toml(tmp_path, '[[boards]]\nname = "a"\nprofle = "beaglebone-black"\n')
+    message = user_error("sim", path)
+    assert message.startswith(f"{path}: [[boards]] 'a': unknown key(s) profle "
+                              "(did you mean 'profile'?); known: ")
+    assert "profile" in message.split("known: ")[1].split(", ")
+
+
+def test_sim_unknown_profile_lists_the_known_ones(tmp_path):
+    path = toml(tmp_path, '[[boards]]\nname = "a"\nprofile = "cray-1"\n')
+    assert user_error("sim", path) == (
+        f"{path}: [[boards]] 'a': unknown profile 'cray-1'; known profiles: "
+        "beaglebone-black, desktop-vm, pocketbeagle, raspberry-pi-3, raspberry-pi-zero")
+
+
+def test_sim_program_with_a_syntax_error_fails_before_running(tmp_path):
+    (tmp_path / "bad.py").write_text("x = 1\ny = (\n")
+    path = toml(tmp_path, '[[boards]]\nname = "a"\n[[programs]]\nname = "p"\n'
+                'file = "bad.py"\nboard = "a"\n')
+    assert user_error("sim", path, "--no-progress") == \
+        f"{path}: [[programs]] 'p': {tmp_path / 'bad.py'}:2: syntax error: '(' was never closed"
+
+
+def test_sim_unwritable_out_is_checked_before_running(tmp_path):
+    path = toml(tmp_path, '[[boards]]\nname = "a"\n')
+    code, out, err = cli("sim", path, "--out", "/proc/nope", "--no-progress")
+    assert code == 1 and out == ""  # nothing ran, no summary
+    assert last_line(err) == "--out /proc/nope: cannot create the directory " \
+        "(No such file or directory)"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "no such file"),
+    ("duration = nan\n", "duration must be a finite number > 0, not nan"),
+    ('[[boards]]\nname = "a"\ncount = 0\n', "[[boards]] 'a': count must be an integer >= 1"),
+    ('[[boards]]\nname = "a/b"\n', "[[boards]] 'a/b': board name must be a non-empty"),
+    ('[[boards]]\nname = "a"\nloss = 2.0\n', "loss must be in [0, 1), got 2.0"),
+    ('[broker]\nservice_tim = 1\n', "[broker]: unknown key(s) service_tim (did you mean "
+                                   "'service_time'?)"),
+    ('[dispatcher]\nprofile = "vax"\n', "[dispatcher]: unknown profile 'vax'"),
+    ('[[boards]]\nname = "a"\n[[actions]]\ntype = "kill"\nprogram = "p"\n',
+     "every entry of [[actions]] needs 'at'"),
+    ('[[boards]]\nname = "a"\n[[faults]]\nat = -1\ntype = "crash"\nboard = "a"\n',
+     "[[faults]] entry 1: at must be a finite number >= 0, not -1"),
+    ("boards = 3\n", "'boards' must be an array of tables ([[boards]])"),
+])
+def test_sim_bad_values_are_named(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    if text:
+        path.write_text(text if text.startswith("duration") else "duration = 1\n" + text)
+    got = user_error("sim", path)
+    assert got.startswith(f"{path}: ") and message in got, got
