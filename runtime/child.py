@@ -90,7 +90,8 @@ async def _main() -> None:
         request, body = frame
         kind = request["t"]
         if kind == "deliver":
-            host.deliver(request["topic"], body, via=request.get("via"))
+            host.deliver(request["topic"], body, via=request.get("via"),
+                         retained=bool(request.get("retained")))
             return
         value: Any = None
         try:

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from . import protocol as p
 from .clock import Clock
-from .future import gather, then
-from .rpc import Requester, random_ids
+from .future import gather, settle, then
+from .rpc import RemoteError, Requester, RequestTimeout, random_ids
 from .transport import Message, Transport
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Program:
     code_name: str
     engine: str | None = None
     status: str = "unknown"
+    epoch: int = 0  # the owner epoch last heard of; older reports are stale
     error: str | None = None
     resource: dict | None = None
     console: deque = field(default_factory=lambda: deque(maxlen=1000))
@@ -72,6 +73,11 @@ class DispatcherConfig:
     id: str | None = None
     request_timeout: float = 30.0
     keepalive: float = 10.0
+    #: after an engine's last will, its programs are "Unreachable" for this long (it may
+    #: only be cut off, and engines fence themselves within it), then "Lost"
+    lost_after: float = 20.0
+    #: while a migration runs past ``request_timeout``, ask its source this often
+    migration_poll: float = 5.0
     watch_console: bool = True  # keep every program's console tail
     watch_resources: bool = True  # keep the latest resource reports
 
@@ -162,13 +168,57 @@ class Dispatcher:
 
     def move_code(self, from_id: str, to_id: str, code_name: str, instance_id: str,
                   timeout: float | None = None) -> Any:
-        """Migrate a running program; the result includes the migration's phases."""
+        """Migrate a program; the result includes the migration's phases.
+
+        Waits for the migration's outcome by its id, however long the protocol takes
+        (a source in doubt keeps asking its target): if no reply comes within
+        ``timeout``, the source is asked where migration ``id`` stands, every
+        ``migration_poll`` seconds, until it has ended or the source is dead.
+        """
         self.engine(to_id)
         self.program(instance_id)
+        migration_id = self.new_id()
+        out = self.clock.create_future()
+        wait = self.config.request_timeout if timeout is None else timeout
         fut = self._engine_request(from_id, "migrate_code",
                                    {"code_name": code_name, "instance_id": instance_id,
-                                    "engine": to_id}, timeout)
-        return then(self.clock.create_future, fut, self._learn)
+                                    "engine": to_id, "migration_id": migration_id}, wait)
+        fut.add_done_callback(lambda f: self._migration_answer(out, f, from_id, migration_id))
+        return out
+
+    def _migration_answer(self, out: Any, fut: Any, source: str, migration_id: str) -> None:
+        error = fut.exception()
+        if error is None:
+            settle(out, self._learn(fut.result()))
+        elif not isinstance(error, RequestTimeout) or self._is_dead(source):
+            settle(out, error=error)
+        else:
+            self.clock.call_later(self.config.migration_poll,
+                                  lambda: self._poll_migration(out, source, migration_id))
+
+    def _is_dead(self, engine_id: str) -> bool:
+        engine = self.engines.get(engine_id)
+        return engine is None or engine.status == "dead"
+
+    def _poll_migration(self, out: Any, source: str, migration_id: str) -> None:
+        def answered(fut: Any) -> None:
+            error = fut.exception()
+            state = fut.result().get("state") if error is None and \
+                isinstance(fut.result(), dict) else None
+            if state == "committed":
+                result = fut.result()
+                program = self.programs.get(result.get("instance_id", ""))
+                settle(out, self._learn({**result, "id": result.get("instance_id"),
+                                         "code_name": program.code_name if program else "?"}))
+            elif state == "aborted":
+                settle(out, error=RemoteError(p.MIGRATION_FAILED, str(
+                    fut.result().get("error") or "aborted")))
+            else:  # still running, in doubt, or the source did not answer: ask again
+                self._migration_answer(out, _timed_out(self.clock, source), source,
+                                       migration_id)
+
+        self._engine_request(source, "migration_status", {"migration_id": migration_id}) \
+            .add_done_callback(answered)
 
     def spawn_code(self, from_id: str, to_ids: list[str], code_name: str,
                    instance_id: str) -> Any:
@@ -231,8 +281,8 @@ class Dispatcher:
         """Update the program view from a command's reply (monitor reports may lag)."""
         if isinstance(result, dict) and isinstance(result.get("id"), str):
             program = self._program_handle(result["id"], result.get("code_name", "?"))
-            program.engine = result.get("engine", program.engine)
-            program.status = result.get("status", program.status)
+            self._update(program, result.get("engine"), result.get("status"),
+                         result.get("epoch"))
         return result
 
     def _program_handle(self, instance_id: str, code_name: str) -> Program:
@@ -259,21 +309,49 @@ class Dispatcher:
         engine.meta = report.get("meta") or {}
         if status == "dead":
             engine.report = {**engine.report, "status": "dead"}
+            graceful = report.get("eventName") == "kill"
             for program in self.programs.values():
                 if program.engine == engine_id and program.status in ("Running", "Paused"):
-                    program.status = "Lost" if report.get("eventName") != "kill" else "Exited"
+                    program.status = "Exited" if graceful else "Unreachable"
                     self._emit("program-monitor-update", program)
             if was != "dead":
                 self._emit("engine-dead", engine)
+                if not graceful:
+                    self.clock.call_later(self.config.lost_after,
+                                          lambda: self._declare_lost(engine_id))
         else:
             engine.report = report
             for iid, proc in (report.get("procs") or {}).items():
                 if isinstance(proc, dict):
                     program = self._program_handle(iid, str(proc.get("code_name", "?")))
-                    if program.engine in (None, engine_id) or program.status != "Running":
-                        program.engine = engine_id
-                        program.status = str(proc.get("status", program.status))
+                    self._update(program, engine_id, proc.get("status"), proc.get("epoch"))
         self._emit("engine-registry-update", engine)
+
+    def _update(self, program: Program, engine_id: str | None, status: Any,
+                epoch: Any) -> bool:
+        """Apply a report unless it is older than what we know (a lower owner epoch)."""
+        epoch = epoch if isinstance(epoch, int) else None
+        if epoch is not None and epoch < program.epoch:
+            return False
+        if epoch is None and program.engine not in (None, engine_id) and \
+                program.status in ("Running", "Paused"):
+            return False  # an epoch-less report about a copy that moved on
+        if epoch is not None:
+            program.epoch = epoch
+        program.engine = engine_id or program.engine
+        if isinstance(status, str):
+            program.status = status
+        return True
+
+    def _declare_lost(self, engine_id: str) -> None:
+        """The engine stayed dead past ``lost_after``: its programs are gone."""
+        engine = self.engines.get(engine_id)
+        if engine is None or engine.status != "dead":
+            return
+        for program in self.programs.values():
+            if program.engine == engine_id and program.status == "Unreachable":
+                program.status = "Lost"
+                self._emit("program-monitor-update", program)
 
     def _on_monitor(self, message: Message) -> None:
         try:
@@ -284,10 +362,11 @@ class Dispatcher:
             log.warning("ignored malformed program report: %s", exc)
             return
         program = self._program_handle(iid, code_name)
-        program.engine = report.get("engine", program.engine)
-        program.status = report.get("status", program.status)
-        program.error = report.get("error", program.error)
-        self._emit("program-monitor-update", program)
+        engine = report.get("engine")
+        if self._update(program, engine if isinstance(engine, str) else None,
+                        report.get("status"), report.get("epoch")):
+            program.error = report.get("error", program.error)
+            self._emit("program-monitor-update", program)
 
     def _on_console(self, message: Message) -> None:
         code_name, iid, _ = message.topic.split("/")
@@ -310,3 +389,10 @@ class Dispatcher:
                 handle.resource = p.decode(message.payload)
             except p.ProtocolError:
                 pass
+
+
+def _timed_out(clock: Clock, source: str) -> Any:
+    """A completed future carrying a timeout (to reuse :meth:`_migration_answer`)."""
+    fut = clock.create_future()
+    fut.set_exception(RequestTimeout(f"{source}/cmd", "migration_status", 0))
+    return fut

@@ -4,32 +4,34 @@ Transport- and clock-independent: it reacts to messages and timers and publishes
 replies and reports; it never blocks.  Every command is idempotent by request id
 (QoS 1 may deliver it twice) and every failure gets an explicit error reply.
 
-Migration is two-phase and never leaves zero or two *running* copies:
+Live migration is the state machines of :mod:`runtime.migration`; the engine routes their
+messages and applies their effects.  Engine-to-engine steps travel on
+``<target>/migrate/<source>``, so a broker ACL (``pattern write +/migrate/%u``) both
+limits who may migrate to whom and tells the target who is asking.
 
-1. source: pause, snapshot;            2. target: restore *paused* ("prepared");
-3. source -> target: commit (resume);  4. source: drop its paused copy, reply.
-
-Steps 2 and 3 (and an abort) travel on ``<target>/migrate``, not ``<target>/cmd``, so a
-broker ACL can let workers migrate to each other but not command each other.
-
-If the target fails or times out before confirming the commit, the source asks it to
-abort (drop its copy) and resumes only once the abort is confirmed or the target is
-known dead (its last will); until then the program stays paused on the source.
+**Exactly one running copy.**  Each instance has an owner epoch (1 at start, +1 per
+commit, published retained on ``program-owner/<instance>``).  A prepared copy is invisible
+and unaddressable until committed.  An engine cut off from the broker for ``fence_s``
+pauses its programs and holds their outputs; on reconnect it reads the owner records
+and resumes (and flushes) only what it still owns.  A last will is never read as death.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import migration as m
 from . import protocol as p
 from .clock import Clock
 from .future import gather, settle
+from .journal import MemoryJournal
 from .meter import Meter, ProcessMeter
 from .program import ProgramHost, ProgramStatus
-from .rpc import Requester, random_ids
+from .rpc import RemoteError, Requester, random_ids
 from .snapshot import RestoreError, SnapshotError, document
 from .transport import Message, Transport
 
@@ -37,7 +39,23 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
 _REPLY_CACHE = 1000
-_READ_ONLY = frozenset({"report", "snapshot"})  # commands that change no state
+_READ_ONLY = frozenset({"report", "snapshot", "migration_status"})  # change no state
+_OUTBOX_MAX = 10_000  # outputs held while cut off, per engine
+_ENDED = (ProgramStatus.EXITED, ProgramStatus.CRASHED)
+
+
+@dataclass
+class _Outgoing:
+    """The engine's bookkeeping around one source-side migration machine."""
+
+    machine: m.SourceMigration
+    host: ProgramHost
+    target: str
+    out: Any  # the future the migrate_code request waits on
+    record: dict
+    sent_at: float = 0.0
+    acked_at: float = 0.0
+    ctrls: dict[int, str] = field(default_factory=dict)
 
 
 class CodeEngine:
@@ -57,6 +75,10 @@ class CodeEngine:
         program_qos: int = 0,
         program_factory: Callable[..., Any] | None = None,
         snapshot_key: bytes | None = None,
+        migrate_peers: frozenset[str] | set[str] | list[str] | None = None,
+        journal: MemoryJournal | None = None,
+        fence_s: float = 10.0,
+        lease_s: float = 30.0,
     ) -> None:
         self.id = p.check_name("engine id", engine_id)
         self.transport = transport
@@ -74,27 +96,45 @@ class CodeEngine:
         self.program_factory = program_factory
         #: shared secret: sign the snapshots this engine sends, restore only signed ones
         self.snapshot_key = snapshot_key
+        #: engines allowed to migrate programs here (None: any)
+        self.migrate_peers = None if migrate_peers is None else frozenset(migrate_peers)
+        #: durable decisions and owned instances (survives a crash of the board)
+        self.journal = journal if journal is not None else MemoryJournal()
+        #: cut off this long, the engine pauses its programs until it knows it owns them
+        self.fence_s = fence_s
+        self.timing = m.Timing(step=request_timeout, lease=lease_s)
         self.programs: dict[str, ProgramHost] = {}
+        self.epochs: dict[str, int] = {}
         self.migrations: list[dict] = []  # completed and failed migrations, with phases
         self.running = False
+        self.fenced = False
         self._replies: OrderedDict[str, dict] = OrderedDict()
         self._in_progress: set[str] = set()
-        self._busy: dict[str, str] = {}  # instance id -> what it is busy with (migration)
-        self._prepared: dict[str, str] = {}  # instance id -> migration id (restored paused)
-        self._arrivals: dict[str, str] = {}  # instance id -> migration id it came by
+        self._outgoing: dict[str, _Outgoing] = {}  # migration id -> source side
+        self._busy: dict[str, str] = {}  # instance id -> migration id (source side)
+        self._incoming: dict[str, m.TargetMigration] = {}  # migration id -> prepared copy
+        self._prepared: dict[str, str] = {}  # instance id -> migration id (target side)
+        self._leases: dict[str, Any] = {}
+        self._outcomes: OrderedDict[str, dict] = OrderedDict()  # finished, for queries
+        self._paused_by_fence: set[str] = set()
+        self._owner_check: dict[str, Any] | None = None
+        self._outbox: deque[tuple[str, str, bytes, int]] = deque()
+        self.outbox_dropped = 0
+        self._fence_timer: Any = None
+        self._booted = False
         self._filters: dict[str, Handler] = {}  # transport filters held for programs
         self._resource_timer: Any = None
         self._requester: Requester | None = None
         self._engine_cmds: dict[str, Handler] = {
             "run_code": self._cmd_run_code, "kill_code": self._cmd_kill_code,
             "pause_code": self._cmd_pause_code, "resume_code": self._cmd_resume_code,
-            "restore_code": self._cmd_restore_code, "migrate_code": self._cmd_migrate_code,
-            "spawn_code": self._cmd_spawn_code, "commit_migration": self._cmd_commit,
-            "abort_migration": self._cmd_abort, "report": self._cmd_report,
+            "migrate_code": self._cmd_migrate_code, "spawn_code": self._cmd_spawn_code,
+            "migration_status": self._cmd_migration_status, "report": self._cmd_report,
         }
         self._migrate_cmds: dict[str, Handler] = {
-            name: self._engine_cmds[name]
-            for name in ("restore_code", "commit_migration", "abort_migration")}
+            m.RESTORE: self._cmd_restore_code, m.COMMIT: self._cmd_commit,
+            m.ABORT: self._cmd_abort, m.STATUS: self._cmd_migration_status,
+        }
         self._program_cmds: dict[str, Handler] = {
             "pause": self._proc_pause, "resume": self._proc_resume,
             "snapshot": self._proc_snapshot, "kill": self._proc_kill,
@@ -106,9 +146,8 @@ class CodeEngine:
         t = self.transport
         t.add_connection_listener(self._on_connection)
         t.subscribe(p.engine_topic(self.id, "cmd"), self._on_engine_cmd, qos=1)
-        # engine-to-engine migration steps: a topic of their own, so a broker ACL can let
-        # workers migrate to each other without letting them send any other command
-        t.subscribe(p.engine_topic(self.id, "migrate"), self._on_migrate_cmd, qos=1)
+        # engine-to-engine migration steps: <id>/migrate/<source>, ACL-able per sender
+        t.subscribe(p.migrate_topic(self.id, "+"), self._on_migrate_cmd, qos=1)
         t.subscribe(p.ENGINE_REGISTRY_BCAST, self._on_bcast, qos=1)
         t.subscribe(p.PROGRAM_MONITOR_BCAST, self._on_program_bcast, qos=1)
         self._requester = Requester(t, self.clock, p.engine_topic(self.id, "reply"),
@@ -128,24 +167,30 @@ class CodeEngine:
         for host in list(self.programs.values()):
             host.kill()
         self.running = False
-        if self._resource_timer is not None:
-            self.clock.cancel(self._resource_timer)
+        self._cancel(self._resource_timer)
         self._report("kill")
         if self._requester is not None:
             self._requester.close("engine stopped")
         self.transport.disconnect()
 
     def crash(self) -> None:
-        """Forget everything at once, as a board losing power does: nothing is sent."""
+        """Forget everything at once, as a board losing power does: nothing is sent.
+        Only the journal survives (it is on the board's flash)."""
         self.running = False
         hosts = list(self.programs.values())
         self.programs.clear()
         for host in hosts:
             host.kill()
-        if self._resource_timer is not None:
-            self.clock.cancel(self._resource_timer)
+        self._cancel(self._resource_timer)
+        self._cancel(self._fence_timer)
+        for timer in self._leases.values():
+            self._cancel(timer)
         if self._requester is not None:
             self._requester.close("engine crashed")
+
+    def _cancel(self, timer: Any) -> None:
+        if timer is not None:
+            self.clock.cancel(timer)
 
     @property
     def status(self) -> str:
@@ -155,17 +200,134 @@ class CodeEngine:
         return "busy" if running else "idle"
 
     def _on_connection(self, connected: bool) -> None:
-        if connected and self.running:
-            self._report("boot")
+        if not self.running:
+            return
+        if not connected:
+            self._cancel(self._fence_timer)
+            self._fence_timer = self.clock.call_later(self.fence_s, self._fence)
+            return
+        self._cancel(self._fence_timer)
+        self._fence_timer = None
+        if not self._booted:
+            self._booted = True
+            self._report_lost_since_reboot()
+        if self.fenced:
+            self._check_ownership()
+        else:
+            self._flush_outbox()
+        self._report("boot")
+
+    # ================================================================ fencing
+    def _fence(self) -> None:
+        """Cut off for ``fence_s``: others may now treat our programs as gone, so none of
+        them may run or publish until we know we still own it."""
+        self._fence_timer = None
+        if not self.running or self.transport.connected:
+            return
+        self.fenced = True
+        for iid, host in self.programs.items():
+            if host.status is ProgramStatus.RUNNING and iid not in self._prepared:
+                host.pause()
+                self._paused_by_fence.add(iid)
+        log.warning("%s: cut off for %.1f s: %d program(s) paused until ownership is "
+                    "confirmed", self.id, self.fence_s, len(self._paused_by_fence))
+
+    def _check_ownership(self) -> None:
+        """Back from a fence: read each paused program's owner record before resuming."""
+        if self._owner_check is not None:
+            return
+        waiting = {iid for iid in self._paused_by_fence if iid in self.programs}
+        self._owner_check = {"waiting": waiting, "timer": None}
+        for iid in sorted(waiting):
+            self.transport.subscribe(p.owner_topic(iid), self._on_owner_record, qos=1)
+        self._owner_check["timer"] = self.clock.call_later(self.request_timeout,
+                                                           self._ownership_checked)
+        if not waiting:
+            self._ownership_checked()
+
+    def _on_owner_record(self, message: Message) -> None:
+        check = self._owner_check
+        iid = message.topic[len(p.OWNER_PREFIX):]
+        if check is None or iid not in check["waiting"]:
+            return
+        try:
+            record = p.decode(message.payload) if message.payload else {}
+            owner, epoch = record.get("engine"), int(record.get("epoch", 0))
+        except (p.ProtocolError, AttributeError, TypeError, ValueError):
+            owner, epoch = None, 0
+        check["waiting"].discard(iid)
+        if owner not in (None, self.id) and epoch >= self.epochs.get(iid, 1):
+            log.warning("%s: %s is owned by %s (epoch %d) now: dropping our stale copy",
+                        self.id, iid, owner, epoch)
+            self._paused_by_fence.discard(iid)
+            self._drop_outbox(iid)
+            host = self.programs.get(iid)
+            if host is not None:
+                self._remove(host)
+        if not check["waiting"]:
+            self._ownership_checked()
+
+    def _ownership_checked(self) -> None:
+        """Resume what is still ours (no record: nobody took it), then flush outputs."""
+        check, self._owner_check = self._owner_check, None
+        if check is None:
+            return
+        self._cancel(check["timer"])
+        for iid in set(self._paused_by_fence) | set(check["waiting"]):
+            self.transport.unsubscribe(p.owner_topic(iid), self._on_owner_record)
+        if not self.transport.connected:  # cut off again meanwhile: stay fenced
+            return
+        self.fenced = False
+        for iid in sorted(self._paused_by_fence):
+            host = self.programs.get(iid)
+            if host is not None and iid not in self._busy:
+                host.resume()
+        self._paused_by_fence.clear()
+        self._flush_outbox()
+        self._report("ownership-confirmed")
+
+    def _flush_outbox(self) -> None:
+        while self._outbox and self.transport.connected and not self.fenced:
+            _, topic, payload, qos = self._outbox.popleft()
+            self.transport.publish(topic, payload, qos=qos)
+
+    def _drop_outbox(self, iid: str) -> None:
+        self._outbox = deque(item for item in self._outbox if item[0] != iid)
+
+    def _emit(self, iid: str, topic: str, payload: bytes, qos: int) -> None:
+        """A program's output: sent now, or held in order while cut off."""
+        if self.transport.connected and not self.fenced and not self._outbox:
+            self.transport.publish(topic, payload, qos=qos)
+            return
+        if len(self._outbox) >= _OUTBOX_MAX:
+            self._outbox.popleft()
+            self.outbox_dropped += 1
+        self._outbox.append((iid, topic, payload, qos))
+        self._flush_outbox()
+
+    def _report_lost_since_reboot(self) -> None:
+        """Programs the journal says we owned but we do not hold: they died with us."""
+        for iid, info in list(self.journal.owned.items()):
+            if iid in self.programs:
+                continue
+            self.transport.publish(p.PROGRAM_MONITOR, p.encode(
+                {"code_name": info.get("code_name", "?"), "instance_id": iid,
+                 "status": "Lost", "engine": self.id, "eventName": "reboot",
+                 "epoch": info.get("epoch")}), qos=1)
+            self.journal.disown(iid)
 
     # ================================================================ reports
     def status_report(self, event: str | None = None) -> dict:
         codes: dict[str, dict[str, str]] = {}
         procs = {}
         for iid, host in self.programs.items():
+            if iid in self._prepared:
+                continue  # invisible until committed
             codes.setdefault(host.code_name, {})[iid] = host.status.value
             procs[iid] = {"id": iid, "code_name": host.code_name, "status": host.status.value,
-                          "engine": self.id}
+                          "engine": self.id, "epoch": self.epochs.get(iid, 1)}
+            if iid in self._busy:
+                procs[iid]["migrating"] = self._busy[iid]
         return {"id": self.id, "status": self.status, "meta": {"device": self.device},
                 "codes": codes, "procs": procs, "eventName": event,
                 "timestamp": self.clock.now()}
@@ -178,7 +340,8 @@ class CodeEngine:
     def _program_report(self, host: ProgramHost, event: str | None = None) -> None:
         report = {"code_name": host.code_name, "instance_id": host.instance_id,
                   "status": host.status.value if host.status else "Ready",
-                  "engine": self.id, "eventName": event}
+                  "engine": self.id, "eventName": event,
+                  "epoch": self.epochs.get(host.instance_id, 1)}
         if host.error:
             report["error"] = host.error[-2000:]
         self.transport.publish(p.PROGRAM_MONITOR, p.encode(report), qos=1)
@@ -197,8 +360,8 @@ class CodeEngine:
         usage = self.meter.engine_usage()
         self.transport.publish(p.engine_topic(self.id, "resource"), p.encode(
             {"timestamp": now, "memory_limit": self.memory_limit, **usage}), qos=0)
-        for host in list(self.programs.values()):
-            if host.alive:
+        for iid, host in list(self.programs.items()):
+            if host.alive and iid not in self._prepared:
                 self.transport.publish(
                     p.program_topic(host.code_name, host.instance_id, "resource"),
                     p.encode({"timestamp": now, **self.meter.program_usage(host)}), qos=0)
@@ -217,7 +380,8 @@ class CodeEngine:
         self._handle(message, self._engine_cmds)
 
     def _on_migrate_cmd(self, message: Message) -> None:
-        self._handle(message, self._migrate_cmds)
+        source = message.topic.rsplit("/", 1)[-1]
+        self._handle(message, self._migrate_cmds, source)
 
     def _handle(self, message: Message, handlers: dict[str, Handler], *extra: Any) -> None:
         if not self.running:
@@ -295,14 +459,29 @@ class CodeEngine:
         host = self.programs.get(iid)
         if host is None:
             raise p.ProtocolError(p.NOT_FOUND, f"no program {iid!r} on engine {self.id}")
-        if iid in self._busy:
-            raise p.ProtocolError(p.BAD_STATE, f"program {iid} is {self._busy[iid]}")
+        self._check_idle(host)
+        epoch = kwargs.get("epoch")
+        if epoch is not None and epoch != self.epochs.get(iid, 1):
+            raise p.ProtocolError(p.STALE_EPOCH, f"{iid} is at epoch "
+                                  f"{self.epochs.get(iid, 1)} here, not {epoch}")
         return host
+
+    def _check_idle(self, host: ProgramHost) -> None:
+        iid = host.instance_id
+        if iid in self._prepared:
+            raise p.ProtocolError(p.MIGRATING, f"{iid} is arriving by migration "
+                                  f"{self._prepared[iid]}; ask again once it is committed")
+        if iid in self._busy:
+            raise p.ProtocolError(p.MIGRATING, f"{iid} is leaving by migration "
+                                  f"{self._busy[iid]}; ask again when it has ended")
+        if iid in self._paused_by_fence:
+            raise p.ProtocolError(p.BAD_STATE, f"{iid} is fenced: engine {self.id} is "
+                                  f"confirming it still owns it")
 
     def _new_host(self, **kwargs: Any) -> ProgramHost:
         """A program (restored ones paused), in-process or through ``program_factory``."""
         made: list[Any] = []
-        hooks = dict(clock=self.clock, publish=self._program_publish,
+        hooks = dict(clock=self.clock, publish=lambda t, d: self._program_publish(made[0], t, d),
                      console=lambda text: self._program_console(made[0], text),
                      on_status=self._on_program_status,
                      on_subscriptions=lambda h: self._sync_filters(),
@@ -324,30 +503,44 @@ class CodeEngine:
 
     def _remove(self, host: ProgramHost) -> None:
         """Drop a copy silently (it moved away, or a migration was aborted)."""
-        self.programs.pop(host.instance_id, None)
+        iid = host.instance_id
+        if self.programs.get(iid) is host:
+            del self.programs[iid]
+            self.epochs.pop(iid, None)
+            self.journal.disown(iid)
         host.kill()
-        self._prepared.pop(host.instance_id, None)
         self.meter.release(host)
         self._sync_filters()
-        self.transport.unsubscribe(p.program_topic(host.code_name, host.instance_id, "cmd"))
+        self.transport.unsubscribe(p.program_topic(host.code_name, iid, "cmd"))
 
-    def _listen(self, host: ProgramHost) -> None:
-        self.transport.subscribe(p.program_topic(host.code_name, host.instance_id, "cmd"),
-                                 lambda m, h=host: self._on_program_cmd(m, h), qos=1)
+    def _own(self, host: ProgramHost, epoch: int) -> None:
+        """This engine runs the instance now, at ``epoch``: say so durably and to all."""
+        iid = host.instance_id
+        self.epochs[iid] = epoch
+        self.journal.own(iid, host.code_name, epoch)
+        self.transport.publish(p.owner_topic(iid), p.encode(
+            {"engine": self.id, "epoch": epoch, "code_name": host.code_name}),
+            qos=1, retain=True)
+        self.transport.subscribe(p.program_topic(host.code_name, iid, "cmd"),
+                                 lambda msg, h=host: self._on_program_cmd(msg, h), qos=1)
 
-    def _program_publish(self, topic: str, data: bytes) -> None:
-        self.transport.publish(topic, data, qos=self.program_qos)
+    def _program_publish(self, host: ProgramHost, topic: str, data: bytes) -> None:
+        self._emit(host.instance_id, topic, data, self.program_qos)
 
     def _program_console(self, host: ProgramHost, text: str) -> None:
         line = text[:-1] if text.endswith("\n") else text
-        self.transport.publish(p.program_topic(host.code_name, host.instance_id, "console"),
-                               p.encode([line]), qos=1)
+        self._emit(host.instance_id, p.program_topic(host.code_name, host.instance_id,
+                                                     "console"), p.encode([line]), 1)
 
     def _on_program_status(self, host: ProgramHost) -> None:
-        if host.instance_id in self.programs and host.instance_id not in self._prepared \
-                and self.running:
-            self._program_report(host)
-            self._report("process-status")
+        iid = host.instance_id
+        if self.programs.get(iid) is not host or iid in self._prepared or not self.running:
+            return
+        if host.status in _ENDED and self.journal.owned.get(iid) is not None:
+            self.journal.disown(iid)
+            self.transport.publish(p.owner_topic(iid), b"", qos=1, retain=True)
+        self._program_report(host)
+        self._report("process-status")
 
     def _sync_filters(self) -> None:
         """Hold exactly the union of the programs' filters at the transport."""
@@ -358,12 +551,13 @@ class CodeEngine:
             self.transport.unsubscribe(topic_filter, self._filters.pop(topic_filter))
         for topic_filter in sorted(wanted - set(self._filters)):
             handler = self._filters[topic_filter] = \
-                lambda m, f=topic_filter: self._route(f, m)
+                lambda msg, f=topic_filter: self._route(f, msg)
             self.transport.subscribe(topic_filter, handler, qos=self.program_qos)
 
     def _route(self, topic_filter: str, message: Message) -> None:
         for host in list(self.programs.values()):
-            host.deliver(message.topic, message.payload, via=topic_filter)
+            host.deliver(message.topic, message.payload, via=topic_filter,
+                         retained=message.retain)
 
     # ---------------------------------------------------------------- engine commands
     def _cmd_report(self, kwargs: dict) -> dict:
@@ -382,7 +576,7 @@ class CodeEngine:
         except SyntaxError as exc:
             raise p.ProtocolError(p.BAD_PROGRAM, f"{exc.msg} (line {exc.lineno})") from None
         self._admit(host)
-        self._listen(host)
+        self._own(host, 1)
         self._engine_log(f"Executing : {code_name}")
         host.start()
         if host.status is ProgramStatus.CRASHED:
@@ -394,7 +588,8 @@ class CodeEngine:
 
     def _describe(self, host: ProgramHost) -> dict:
         return {"id": host.instance_id, "code_name": host.code_name,
-                "status": host.status.value, "engine": self.id}
+                "status": host.status.value, "engine": self.id,
+                "epoch": self.epochs.get(host.instance_id, 1)}
 
     def _cmd_kill_code(self, kwargs: dict) -> str:
         host = self._program(kwargs)
@@ -407,63 +602,6 @@ class CodeEngine:
     def _cmd_resume_code(self, kwargs: dict) -> str:
         return self._proc_resume({}, self._program(kwargs))
 
-    def _cmd_restore_code(self, kwargs: dict) -> dict:
-        doc = p.require(kwargs, "snapshot", dict)
-        if self.snapshot_key is not None:
-            try:
-                document.verify(doc, self.snapshot_key)
-            except RestoreError as exc:
-                raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
-        program = doc.get("program") if isinstance(doc.get("program"), dict) else {}
-        iid = kwargs.get("instance_id") or program.get("instance_id")
-        p.check_name("instance_id", iid)
-        migration = kwargs.get("migration_id")
-        existing = self.programs.get(iid)
-        if existing is not None:
-            if migration is not None and self._arrivals.get(iid) == migration:
-                return {**self._describe(existing), "restore_s": 0.0}  # already prepared
-            raise p.ProtocolError(p.BAD_STATE, f"instance {iid} already exists here")
-        if kwargs.get("instance_id"):
-            doc = {**doc, "program": {**program, "instance_id": iid}}
-        started = time.perf_counter()
-        try:
-            host = self._new_host(snapshot=doc)
-        except RestoreError as exc:
-            raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
-        nbytes = int(kwargs.get("size") or 0)
-        restore_s = self.meter.work("restore", nbytes, time.perf_counter() - started)
-        self._admit(host)
-        self._listen(host)
-        if migration is not None:
-            self._arrivals[iid] = migration
-        if kwargs.get("paused") and migration is not None:
-            self._prepared[iid] = migration  # invisible until the source commits
-        else:
-            host.resume()
-            self._program_report(host, "restore_code")
-        self._sync_filters()
-        return {**self._describe(host), "restore_s": restore_s}
-
-    def _cmd_commit(self, kwargs: dict) -> dict:
-        iid, migration = p.require(kwargs, "instance_id"), p.require(kwargs, "migration_id")
-        host = self.programs.get(iid)
-        if host is None or self._arrivals.get(iid) != migration:
-            raise p.ProtocolError(p.NOT_FOUND, f"no prepared copy of {iid} for migration "
-                                  f"{migration}")
-        if self._prepared.pop(iid, None) is not None:
-            host.resume()
-            self._program_report(host, "migrate_code")
-        return self._describe(host)
-
-    def _cmd_abort(self, kwargs: dict) -> str:
-        iid, migration = p.require(kwargs, "instance_id"), p.require(kwargs, "migration_id")
-        host = self.programs.get(iid)
-        if host is not None and self._arrivals.get(iid) == migration:
-            self._arrivals.pop(iid, None)
-            self._remove(host)
-            return "aborted"
-        return "nothing to abort"
-
     def _cmd_spawn_code(self, kwargs: dict) -> Any:
         host = self._program(kwargs)
         targets = p.require(kwargs, "engines", list)
@@ -474,7 +612,7 @@ class CodeEngine:
         for target in targets:
             copy_id = f"{host.code_name}.{self.new_id()[:12]}"
             futures.append(self._requester.request(
-                p.engine_topic(target, "migrate"), "restore_code",
+                p.migrate_topic(target, self.id), m.RESTORE,
                 {"snapshot": self._signed(doc), "instance_id": copy_id},
                 self.request_timeout))
         out = self.clock.create_future()
@@ -489,7 +627,125 @@ class CodeEngine:
         gather(self.clock.create_future, futures).add_done_callback(collected)
         return out
 
-    # ---------------------------------------------------------------- migration
+    # ---------------------------------------------------------------- migration: target
+    def _cmd_restore_code(self, kwargs: dict, source: str = "?") -> dict:
+        doc = p.require(kwargs, "snapshot", dict)
+        if self.migrate_peers is not None and source not in self.migrate_peers:
+            raise p.ProtocolError(p.FORBIDDEN, f"engine {self.id} accepts migrations only "
+                                  f"from {sorted(self.migrate_peers)}, not from {source!r}")
+        if self.snapshot_key is not None:
+            try:
+                document.verify(doc, self.snapshot_key)
+            except RestoreError as exc:
+                raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
+        program = doc.get("program") if isinstance(doc.get("program"), dict) else {}
+        iid = kwargs.get("instance_id") or program.get("instance_id")
+        p.check_name("instance_id", iid)
+        mid = kwargs.get("migration_id")
+        if mid is not None:
+            p.check_name("migration_id", mid)
+            incoming = self._incoming.get(mid)
+            if incoming is not None:  # a duplicate of a restore we already prepared
+                return {**self._describe(self.programs[incoming.instance_id]),
+                        "restore_s": 0.0}
+            decided = self.journal.decision(mid)
+            if decided is not None:
+                raise p.ProtocolError(p.BAD_STATE, f"migration {mid} is already {decided}")
+        if iid in self.programs:
+            raise p.ProtocolError(p.BAD_STATE, f"instance {iid} already exists here")
+        if kwargs.get("instance_id"):
+            doc = {**doc, "program": {**program, "instance_id": iid}}
+        started = time.perf_counter()
+        try:
+            host = self._new_host(snapshot=doc)
+        except RestoreError as exc:
+            if mid is not None:
+                self.journal.decide(mid, m.ABORTED)
+            raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
+        nbytes = int(kwargs.get("size") or 0)
+        restore_s = self.meter.work("restore", nbytes, time.perf_counter() - started)
+        self._admit(host)
+        if mid is None:  # a spawned copy: a new instance, running at once
+            self._own(host, 1)
+            host.resume()
+            self._program_report(host, "restore_code")
+        else:  # a migration: prepared (paused, invisible) until the source commits
+            epoch = kwargs.get("epoch")
+            epoch = epoch if isinstance(epoch, int) and epoch > 0 else 1
+            self._incoming[mid] = m.TargetMigration(mid, iid, epoch)
+            self._prepared[iid] = mid
+            self.epochs[iid] = epoch
+            lease = kwargs.get("lease_s")
+            lease = float(lease) if isinstance(lease, (int, float)) and lease > 0 \
+                else self.timing.lease
+            self._leases[mid] = self.clock.call_later(lease, lambda: self._target_apply(
+                mid, self._incoming[mid].lease_expired() if mid in self._incoming else []))
+        self._sync_filters()
+        return {**self._describe(host), "restore_s": restore_s}
+
+    def _cmd_commit(self, kwargs: dict, source: str = "?") -> dict:
+        mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        incoming = self._incoming.get(mid)
+        if incoming is None:
+            return m.decided_answer(mid, self.journal.decision(mid))
+        epoch = kwargs.get("epoch", incoming.epoch)
+        return self._target_apply(mid, incoming.commit(epoch, kwargs.get("resume", True)
+                                                       is not False))
+
+    def _cmd_abort(self, kwargs: dict, source: str = "?") -> dict:
+        mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        incoming = self._incoming.get(mid)
+        if incoming is None:
+            if self.journal.decision(mid) is None:
+                self.journal.decide(mid, m.ABORTED)  # a restore arriving late is refused
+            return m.decided_answer(mid, self.journal.decision(mid))
+        return self._target_apply(mid, incoming.abort())
+
+    def _target_apply(self, mid: str, outputs: list) -> dict:
+        """Carry out the target machine's outputs; returns its answer (if any)."""
+        incoming = self._incoming.get(mid)
+        answer: dict = m.decided_answer(mid, self.journal.decision(mid))
+        for out in outputs:
+            if isinstance(out, m.CancelLease):
+                self._cancel(self._leases.pop(mid, None))
+            elif isinstance(out, m.Journal):
+                self.journal.decide(out.migration_id, out.decision)
+            elif isinstance(out, m.Activate):
+                host = self.programs[incoming.instance_id]
+                del self._prepared[host.instance_id]
+                self._own(host, out.epoch)
+                if out.resume:
+                    host.resume()
+                self._program_report(host, "migrate_code")
+            elif isinstance(out, m.Discard):
+                self._prepared.pop(incoming.instance_id, None)
+                host = self.programs.get(incoming.instance_id)
+                if host is not None:
+                    self._remove(host)
+            elif isinstance(out, m.Answer):
+                answer = dict(out.payload)
+        if incoming is not None and incoming.state != m.PREPARED:
+            self._incoming.pop(mid, None)
+            self._leases.pop(mid, None)
+            host = self.programs.get(incoming.instance_id)
+            if host is not None and incoming.state == m.COMMITTED:
+                answer.update(self._describe(host))
+        return answer
+
+    def _cmd_migration_status(self, kwargs: dict, source: str | None = None) -> dict:
+        """Where a migration stands, on either side (by its id)."""
+        mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        if mid in self._incoming:
+            return {"state": m.PREPARED, "migration_id": mid}
+        outgoing = self._outgoing.get(mid)
+        if outgoing is not None:
+            return {"state": outgoing.machine.phase.value, "migration_id": mid,
+                    "error": outgoing.machine.error}
+        if mid in self._outcomes:
+            return self._outcomes[mid]
+        return m.decided_answer(mid, self.journal.decision(mid))
+
+    # ---------------------------------------------------------------- migration: source
     def _cmd_migrate_code(self, kwargs: dict) -> Any:
         host = self._program(kwargs)
         target = p.check_name("engine", p.require(kwargs, "engine"))
@@ -497,7 +753,111 @@ class CodeEngine:
             raise p.ProtocolError(p.BAD_REQUEST, "source and target engine are the same")
         if not host.alive:
             raise p.ProtocolError(p.BAD_STATE, f"{host.instance_id} is {host.status.value}")
-        return _Migration(self, host, target).start()
+        mid = kwargs.get("migration_id") or self.new_id()
+        p.check_name("migration_id", mid)
+        if mid in self._outgoing or mid in self._outcomes:
+            raise p.ProtocolError(p.BAD_STATE, f"migration id {mid} is already used")
+        iid = host.instance_id
+        started, t0 = self.clock.now(), time.perf_counter()
+        was_running = host.status is ProgramStatus.RUNNING
+        host.pause()
+        try:
+            doc = host.snapshot()
+        except SnapshotError as exc:
+            if was_running:
+                host.resume()
+            raise p.ProtocolError(p.SNAPSHOT_FAILED, str(exc)) from None
+        nbytes = len(p.encode(doc))
+        snapshot_s = self.meter.work("snapshot", nbytes, time.perf_counter() - t0)
+        machine = m.SourceMigration(mid, iid, self.epochs.get(iid, 1), was_running,
+                                    self._signed(doc), nbytes, self.timing)
+        record = {"migration_id": mid, "instance_id": iid, "code_name": host.code_name,
+                  "source": self.id, "target": target, "started": started,
+                  "snapshot_s": snapshot_s, "snapshot_bytes": nbytes, "transfer_s": None,
+                  "restore_s": None, "commit_s": None, "total_s": None, "ok": None,
+                  "error": None, "queries": 0}
+        mig = _Outgoing(machine, host, target, self.clock.create_future(), record)
+        self._outgoing[mid] = mig
+        self._busy[iid] = mid
+        # the request leaves once the snapshot is taken (in simulation time stands still
+        # during the call and the board's CPU is charged instead)
+        mig.sent_at = max(self.clock.now(), started + snapshot_s)
+        self._source_apply(mig, machine.start())
+        return mig.out
+
+    def _source_feed(self, mig: _Outgoing, event: Any) -> None:
+        if self.running and self._outgoing.get(mig.machine.migration_id) is mig:
+            self._source_apply(mig, mig.machine.handle(event))
+
+    def _source_reply(self, mig: _Outgoing, token: int, future: Any) -> None:
+        error = future.exception()
+        if error is None:
+            payload = future.result()
+            if mig.ctrls.get(token) == m.RESTORE and isinstance(payload, dict):
+                now = self.clock.now()
+                restore_s = float(payload.get("restore_s") or 0.0)
+                mig.record["restore_s"] = restore_s
+                mig.record["transfer_s"] = max(0.0, now - mig.sent_at - restore_s)
+                mig.acked_at = now
+            self._source_feed(mig, m.Replied(token, payload))
+        elif isinstance(error, RemoteError):
+            self._source_feed(mig, m.Refused(token, error.code, error.message))
+        else:  # RequestTimeout, or the requester closed
+            self._source_feed(mig, m.NoAnswer(token))
+
+    def _source_apply(self, mig: _Outgoing, outputs: list) -> None:
+        topic = p.migrate_topic(mig.target, self.id)
+        for out in outputs:
+            if isinstance(out, m.Request):
+                mig.ctrls[out.token] = out.ctrl
+                self._requester.request(topic, out.ctrl, out.kwargs, out.timeout) \
+                    .add_done_callback(lambda f, t=out.token: self._source_reply(mig, t, f))
+            elif isinstance(out, m.Notify):
+                self._requester.request(topic, out.ctrl, out.kwargs, self.request_timeout)
+            elif isinstance(out, m.Wait):
+                self.clock.call_later(out.delay, lambda t=out.token: self._source_feed(
+                    mig, m.TimerFired(t)))
+            elif isinstance(out, m.Resume):
+                self._busy.pop(mig.host.instance_id, None)
+                if mig.machine.was_running:
+                    if self.fenced:
+                        self._paused_by_fence.add(mig.host.instance_id)
+                    else:
+                        mig.host.resume()
+            elif isinstance(out, m.Drop):
+                self._busy.pop(mig.host.instance_id, None)
+                self._drop_outbox(mig.host.instance_id)
+                self._remove(mig.host)
+        if mig.machine.phase.final:
+            self._source_done(mig)
+        elif mig.machine.phase is m.Phase.IN_DOUBT and mig.record["error"] is None:
+            mig.record["error"] = mig.machine.error
+            self._report("migration-in-doubt")
+
+    def _source_done(self, mig: _Outgoing) -> None:
+        machine, record, now = mig.machine, mig.record, self.clock.now()
+        self._outgoing.pop(machine.migration_id, None)
+        committed = machine.phase is m.Phase.COMMITTED
+        record.update(ok=committed, total_s=now - record["started"], queries=machine.queries,
+                      error=None if committed else machine.error)
+        if committed:
+            record["commit_s"] = now - mig.acked_at
+        self.migrations.append(dict(record))
+        self._outcomes[machine.migration_id] = {
+            "state": machine.phase.value, "migration_id": machine.migration_id,
+            "engine": mig.target if committed else self.id, "error": record["error"]}
+        while len(self._outcomes) > _REPLY_CACHE:
+            self._outcomes.popitem(last=False)
+        self._report("migrate_code")
+        if committed:
+            status = ProgramStatus.RUNNING.value if machine.was_running else \
+                ProgramStatus.PAUSED.value
+            settle(mig.out, {"id": machine.instance_id, "code_name": mig.host.code_name,
+                             "engine": mig.target, "status": status,
+                             "epoch": machine.epoch + 1, "migration": dict(record)})
+        else:
+            settle(mig.out, error=p.ProtocolError(
+                p.MIGRATION_FAILED, f"{machine.error}; the program continues on {self.id}"))
 
     # ---------------------------------------------------------------- process commands
     def _on_program_cmd(self, message: Message, host: ProgramHost) -> None:
@@ -505,11 +865,6 @@ class CodeEngine:
                 self._prepared:
             return  # not ours (any more): the running copy answers
         self._handle(message, self._program_cmds, host)
-
-    def _check_idle(self, host: ProgramHost) -> None:
-        if host.instance_id in self._busy:
-            raise p.ProtocolError(p.BAD_STATE, f"program {host.instance_id} is "
-                                  f"{self._busy[host.instance_id]}")
 
     def _proc_pause(self, kwargs: dict, host: ProgramHost) -> str:
         self._check_idle(host)
@@ -548,121 +903,3 @@ class CodeEngine:
         self.transport.publish(p.program_topic(host.code_name, host.instance_id,
                                                "snapshots"), p.encode(doc), qos=0)
         return doc
-
-
-class _Migration:
-    """The source side of one two-phase migration (see the module docstring)."""
-
-    def __init__(self, engine: CodeEngine, host: ProgramHost, target: str) -> None:
-        self.engine = engine
-        self.host = host
-        self.target = target
-        self.out = engine.clock.create_future()
-        self.was_running = host.status is ProgramStatus.RUNNING
-        self.record: dict[str, Any] = {
-            "migration_id": engine.new_id(), "instance_id": host.instance_id,
-            "code_name": host.code_name, "source": engine.id, "target": target,
-            "started": engine.clock.now(), "snapshot_s": None, "snapshot_bytes": None,
-            "transfer_s": None, "restore_s": None, "commit_s": None, "total_s": None,
-            "ok": None, "error": None}
-        self._target_dead = False
-        self._target_seen = False  # any state of the target at all (retained or live)
-        self._state_topic = None
-
-    def start(self) -> Any:
-        engine, host = self.engine, self.host
-        engine._busy[host.instance_id] = "migrating"
-        host.pause()
-        started = time.perf_counter()
-        try:
-            self.doc = host.snapshot()
-        except SnapshotError as exc:
-            self._resume()
-            raise p.ProtocolError(p.SNAPSHOT_FAILED, str(exc)) from None
-        nbytes = len(p.encode(self.doc))
-        self.record["snapshot_bytes"] = nbytes
-        self.record["snapshot_s"] = engine.meter.work("snapshot", nbytes,
-                                                      time.perf_counter() - started)
-        # learn if the target dies meanwhile (its retained state / last will)
-        self._state_topic = p.engine_state_topic(self.target)
-        engine.transport.subscribe(self._state_topic, self._on_target_state, qos=1)
-        # the request leaves once the snapshot is taken (in simulation time stands still
-        # during the call and the board's CPU is charged instead)
-        self.sent_at = max(engine.clock.now(),
-                           self.record["started"] + self.record["snapshot_s"])
-        engine._requester.request(
-            p.engine_topic(self.target, "migrate"), "restore_code",
-            {"snapshot": engine._signed(self.doc), "paused": True, "size": nbytes,
-             "migration_id": self.record["migration_id"]},
-            engine.request_timeout).add_done_callback(self._prepared)
-        return self.out
-
-    def _on_target_state(self, message: Message) -> None:
-        try:
-            self._target_dead = p.decode(message.payload).get("status") == "dead"
-            self._target_seen = True
-        except (p.ProtocolError, AttributeError):
-            pass
-
-    def _prepared(self, future: Any) -> None:
-        error = future.exception()
-        if error is not None:
-            self._abort(f"target could not restore: {error}")
-            return
-        now = self.engine.clock.now()
-        restore_s = float(future.result().get("restore_s") or 0.0)
-        self.record["restore_s"] = restore_s
-        self.record["transfer_s"] = max(0.0, now - self.sent_at - restore_s)
-        self.acked_at = now
-        self.engine._requester.request(
-            p.engine_topic(self.target, "migrate"), "commit_migration",
-            {"instance_id": self.host.instance_id,
-             "migration_id": self.record["migration_id"]},
-            self.engine.request_timeout).add_done_callback(self._committed)
-
-    def _committed(self, future: Any) -> None:
-        error = future.exception()
-        if error is not None:
-            self._abort(f"commit not confirmed: {error}")
-            return
-        engine, now = self.engine, self.engine.clock.now()
-        self.record.update(commit_s=now - self.acked_at, ok=True,
-                           total_s=now - self.record["started"])
-        engine._busy.pop(self.host.instance_id, None)
-        engine._remove(self.host)  # the target's copy runs now; drop the paused one
-        engine._report("migrate_code")
-        self._done()
-        settle(self.out, {"id": self.host.instance_id, "code_name": self.host.code_name,
-                          "engine": self.target, "status": ProgramStatus.RUNNING.value,
-                          "migration": dict(self.record)})
-
-    def _abort(self, reason: str) -> None:
-        self.record["error"] = reason
-        self.engine._requester.request(
-            p.engine_topic(self.target, "migrate"), "abort_migration",
-            {"instance_id": self.host.instance_id,
-             "migration_id": self.record["migration_id"]},
-            self.engine.request_timeout).add_done_callback(
-                lambda fut: self._aborted(fut, reason))
-
-    def _aborted(self, future: Any, reason: str) -> None:
-        unreachable = future.exception() is not None
-        if unreachable and self._target_seen and not self._target_dead and self.engine.running:
-            self._abort(reason)  # the target may still hold a copy: keep ours paused
-            return
-        engine = self.engine
-        self._resume()
-        self.record.update(ok=False, total_s=engine.clock.now() - self.record["started"])
-        self._done()
-        settle(self.out, error=p.ProtocolError(p.MIGRATION_FAILED, f"{reason}; the program "
-                                               f"continues on {engine.id}"))
-
-    def _resume(self) -> None:
-        self.engine._busy.pop(self.host.instance_id, None)
-        if self.was_running:
-            self.host.resume()
-
-    def _done(self) -> None:
-        if self._state_topic is not None:
-            self.engine.transport.unsubscribe(self._state_topic, self._on_target_state)
-        self.engine.migrations.append(dict(self.record))

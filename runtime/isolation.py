@@ -201,11 +201,13 @@ class ProcessProgram:
         if self.status is not ProgramStatus.CRASHED:
             self._set(ProgramStatus.EXITED)
 
-    def deliver(self, topic: str, data: bytes, via: str | None = None) -> bool:
+    def deliver(self, topic: str, data: bytes, via: str | None = None,
+                retained: bool = False) -> bool:
         if not self.alive or self._closed:
             return False
         try:
-            write_frame(self.proc.stdin, {"t": "deliver", "topic": topic, "via": via}, data)
+            write_frame(self.proc.stdin, {"t": "deliver", "topic": topic, "via": via,
+                                          "retained": retained}, data)
         except OSError:
             self._died()
             return False

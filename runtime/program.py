@@ -10,6 +10,7 @@ and restored elsewhere; the program itself is plain, uninstrumented Python.
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import json
 import linecache
@@ -34,6 +35,8 @@ _TIMER, _MESSAGE = 0, 1
 #: events due within this much of a horizon still run (absorbs float rounding of splits)
 HORIZON_EPSILON = 1e-9
 
+
+_SEEN_TOPICS = 1024  # topics whose last payload is remembered (oldest forgotten)
 
 class ProgramStatus(str, Enum):
     RUNNING = "Running"
@@ -135,6 +138,10 @@ class ProgramHost:
         self._subs: list[tuple[str, Callable[..., Any]]] = []
         self._queued_messages = 0
         self._seq = 0
+        #: topic -> digest of the last payload delivered there, so a retained message the
+        #: program already saw is not handed to it again (after a migration, a reconnect
+        #: or a re-subscription, MQTT replays retained messages)
+        self._last_seen: dict[str, str] = {}
         self._next_timer_id = 1
         self._time = float(start_time)  # program time of the current / last event
         self._prog_base = self._time  # program time at _clock_base
@@ -257,11 +264,14 @@ class ProgramHost:
         self._console_hook(text)
 
     # ================================================================= inputs
-    def deliver(self, topic: str, data: bytes, via: str | None = None) -> bool:
+    def deliver(self, topic: str, data: bytes, via: str | None = None,
+                retained: bool = False) -> bool:
         """A message from the transport; queued as an event if the program subscribes to it.
 
         ``via``: the subscription filter the transport delivered it for; then only that
         filter's callbacks run (MQTT sends one copy per matching subscription).
+        ``retained``: a broker's replay of a retained message; dropped if it is the last
+        payload the program already got on that topic.
         """
         if self.status is not ProgramStatus.RUNNING and self.status is not ProgramStatus.PAUSED:
             return False
@@ -270,6 +280,15 @@ class ProgramHost:
                 break
         else:
             return False
+        digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+        seen = self._last_seen
+        if retained and seen.get(topic) == digest:
+            return False
+        if topic in seen:
+            del seen[topic]
+        elif len(seen) >= _SEEN_TOPICS:
+            del seen[next(iter(seen))]
+        seen[topic] = digest
         self._seq += 1
         heapq.heappush(self._queue, (self.program_time(), self._seq, _MESSAGE,
                                      (topic, data if type(data) is bytes else bytes(data), via)))
@@ -447,7 +466,8 @@ class ProgramHost:
             "loop": {"next_seq": self._seq, "next_timer_id": self._next_timer_id,
                      "events_run": self.events_run},
             "globals": globals_ref, "timers": timers, "subscriptions": subscriptions,
-            "messages": messages, "shapes": encoder.shapes, "objects": encoder.objects,
+            "messages": messages, "seen": dict(self._last_seen),
+            "shapes": encoder.shapes, "objects": encoder.objects,
         }
 
     @classmethod
@@ -506,6 +526,11 @@ class ProgramHost:
                                  None if via is None else validate_filter(via))))
             self._queued_messages += 1
         heapq.heapify(self._queue)
+        seen = doc.get("seen") or {}
+        if not isinstance(seen, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in seen.items()):
+            raise RestoreError("corrupt snapshot: 'seen' must map topics to digests")
+        self._last_seen = dict(seen)
         loop = doc["loop"]
         self._seq = int(loop["next_seq"])
         self._next_timer_id = int(loop["next_timer_id"])

@@ -18,6 +18,8 @@ ENGINE_REGISTRY_BCAST = "engine-registry/bcast"
 ENGINE_STATE_PREFIX = "engine-registry/state/"
 PROGRAM_MONITOR = "program-monitor"
 PROGRAM_MONITOR_BCAST = "program-monitor/bcast"
+#: retained, one per instance: ``{engine, epoch, code_name}`` of the copy that owns it
+OWNER_PREFIX = "program-owner/"
 
 
 def engine_state_topic(engine_id: str) -> str:
@@ -27,6 +29,15 @@ def engine_state_topic(engine_id: str) -> str:
 def engine_topic(engine_id: str, leaf: str) -> str:
     """``<engine>/cmd``, ``<engine>/resource``, ``<engine>/console``."""
     return f"{engine_id}/{leaf}"
+
+
+def migrate_topic(target: str, source: str) -> str:
+    """``<target>/migrate/<source>``: migration steps, from one engine to another."""
+    return f"{target}/migrate/{source}"
+
+
+def owner_topic(instance_id: str) -> str:
+    return OWNER_PREFIX + instance_id
 
 
 def program_topic(code_name: str, instance_id: str, leaf: str) -> str:
@@ -53,6 +64,9 @@ SNAPSHOT_FAILED = "snapshot_failed"
 RESTORE_FAILED = "restore_failed"
 MIGRATION_FAILED = "migration_failed"
 NO_RESOURCES = "no_resources"
+MIGRATING = "migrating"  # the instance is in a migration: ask again when it has ended
+STALE_EPOCH = "stale_epoch"  # the command names an epoch this copy does not have
+FORBIDDEN = "forbidden"  # the sender may not do this here (migrate_peers)
 TIMEOUT = "timeout"
 INTERNAL = "internal"
 

@@ -71,8 +71,10 @@ def test_migration_timing_follows_the_link_model_and_phases_add_up():
 def test_failed_restore_keeps_the_program_on_the_source():
     world, d = make_world(2)
     iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
-    world.boards["e1"].engine._migrate_cmds["restore_code"] = lambda kw: (_ for _ in ()).throw(
-        p.ProtocolError(p.RESTORE_FAILED, "target refused"))
+    def refuse(kwargs, source):
+        raise p.ProtocolError(p.RESTORE_FAILED, "target refused")
+
+    world.boards["e1"].engine._migrate_cmds["restore_code"] = refuse
     fut = d.move_code("e0", "e1", "counter", iid)
     with pytest.raises(RemoteError, match="target refused"):
         world.wait(fut)
@@ -80,27 +82,6 @@ def test_failed_restore_keeps_the_program_on_the_source():
     assert list(world.boards["e0"].engine.programs) == [iid]
     assert world.boards["e1"].engine.programs == {}
     assert d.programs[iid].engine == "e0" and d.programs[iid].status == "Running"
-    consecutive(d.programs[iid].console, from_zero=False)
-
-
-def test_target_crash_mid_migration_leaves_exactly_one_copy():
-    world, d = make_world(2)
-    iid = world.wait(d.run_code("e0", "counter", COUNTER))["id"]
-    target = world.boards["e1"]
-    real_commit = target.engine._migrate_cmds["commit_migration"]
-
-    def crash_instead(kwargs):
-        target.crash()
-        return real_commit(kwargs)
-
-    target.engine._migrate_cmds["commit_migration"] = crash_instead
-    fut = d.move_code("e0", "e1", "counter", iid, timeout=120)
-    with pytest.raises(RemoteError):
-        world.wait(fut, timeout=120)
-    world.run(world.env.now + 1.0)
-    copies = [b.name for b in world.boards.values() if iid in b.engine.programs]
-    assert copies == ["e0"]
-    assert world.boards["e0"].engine.programs[iid].status.value == "Running"
     consecutive(d.programs[iid].console, from_zero=False)
 
 
@@ -114,6 +95,8 @@ def test_board_crash_is_seen_through_the_last_will_within_1_5_keepalive():
     world.run(crash_time + 1.5 * world.keepalive + 1.0)
     assert [engine for engine, _ in dead_at] == ["e1"]
     assert dead_at[0][1] - crash_time <= 1.5 * world.keepalive + 0.1
+    assert d.programs[iid].status == "Unreachable"  # it may only be cut off: not yet gone
+    world.run(dead_at[0][1] + d.config.lost_after + 0.1)
     assert d.programs[iid].status == "Lost"
     world.boards["e1"].reboot()
     world.run(world.env.now + 2.0)

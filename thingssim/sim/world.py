@@ -26,6 +26,7 @@ import simpy
 
 from runtime.dispatcher import Dispatcher
 from runtime.engine import CodeEngine
+from runtime.journal import MemoryJournal
 from runtime.transport import Message
 
 from .boards import BoardProfile, get_profile
@@ -199,6 +200,7 @@ class Board:
         self.cpu_seconds = 0.0
         self.events = 0
         self.resource_period = resource_period
+        self.journal = MemoryJournal()  # the board's flash: survives crashes
         self.engine: CodeEngine
         self.meter: BoardMeter
         self._boot()
@@ -213,7 +215,7 @@ class Board:
                                  device=self.profile.name, memory_limit=self.profile.memory_mb,
                                  meter=self.meter, new_id=self.world.id_source(self.name),
                                  resource_period=self.resource_period,
-                                 keepalive=self.world.keepalive)
+                                 keepalive=self.world.keepalive, journal=self.journal)
         self.engine.start()
         self.up = True
 
