@@ -153,6 +153,17 @@ _simple("property", property, lambda p: (p.fget, p.fset, p.fdel, p.__doc__),
         lambda a: property(*a))
 _simple("staticmethod", staticmethod, lambda s: s.__func__, staticmethod)
 _simple("classmethod", classmethod, lambda c: c.__func__, classmethod)
+
+
+def _cached_property(args: Any) -> functools.cached_property:
+    func, attrname, doc = args
+    made = functools.cached_property(func)
+    made.attrname, made.__doc__ = attrname, doc  # attrname: normally set by __set_name__
+    return made
+
+
+_simple("functools.cached_property", functools.cached_property,
+        lambda c: (c.func, c.attrname, c.__doc__), _cached_property)
 register_codec(Codec("types.SimpleNamespace", types.SimpleNamespace,
                      lambda n: (None, dict(vars(n))), lambda _: types.SimpleNamespace(),
                      lambda n, state: n.__dict__.update(state)))
@@ -162,7 +173,8 @@ register_codec(Codec("random.Random", random.Random, lambda r: (None, r.getstate
                      lambda _: random.Random(), lambda r, state: r.setstate(state)))
 
 #: codecs whose objects carry functions made at class-creation time (see decoder)
-DESCRIPTOR_CODECS = frozenset({"property", "staticmethod", "classmethod"})
+DESCRIPTOR_CODECS = frozenset({"property", "staticmethod", "classmethod",
+                               "functools.cached_property"})
 
 
 # --- numpy (registered lazily) ---------------------------------------------------------

@@ -10,6 +10,7 @@ are iterative: deep linked structures do not hit the recursion limit.
 
 from __future__ import annotations
 
+import abc
 import base64
 import collections
 import dataclasses
@@ -20,7 +21,7 @@ from array import array
 from typing import Any
 
 from .codecs import DESCRIPTOR_CODECS, codec_by_name
-from .encoder import PACKED, PROGRAM_MODULE, resolve, solid_base
+from .encoder import PACKED, PROGRAM_MODULE, is_program_class, resolve, solid_base
 from .errors import RestoreError
 from .sites import SiteIndex
 
@@ -30,6 +31,14 @@ _FILLED = frozenset({"list", "dict", "set", "cell", "func", "class", "obj", "exc
 _HASHED = frozenset({"dict", "set"})
 _NATIVE_LITTLE = sys.byteorder == "little"
 _FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+class _CreationCycle(RestoreError):
+    """An object is needed to create itself."""
+
+
+def _skip_init_subclass(cls: type, **kwargs: Any) -> None:
+    """Stands in for a program's ``__init_subclass__`` while its subclasses are rebuilt."""
 
 
 def unpack_array(text: str, typecode: str) -> list:
@@ -69,8 +78,11 @@ class GraphDecoder:
         self.objects: list[Any] = [_MISSING] * len(entries)
         self._filled = [False] * len(entries)
         self._materializing: set[int] = set()
+        self._creating: set[int] = set()
         self.shapes = shapes or []
         self.presets = presets or {}
+        #: (class, its captured ``__init_subclass__``), installed once every class exists
+        self._init_subclass: list[tuple[type, Any]] = []
         for index, obj in self.presets.items():
             self.objects[index] = obj
 
@@ -85,6 +97,11 @@ class GraphDecoder:
                 else:
                     self._create_with_deps(index)
         self._fill_all(range(len(self.entries)))
+        for cls, hook in self._init_subclass:
+            type.__setattr__(cls, "__init_subclass__", hook)
+        for index, entry in enumerate(self.entries):
+            for sub in entry.get("registered", ()) if entry["t"] == "class" else ():
+                abc.ABCMeta.register(self.objects[index], self.value(sub))
 
     def _fill_all(self, indices: Any) -> None:
         late = []
@@ -172,13 +189,21 @@ class GraphDecoder:
             entry = self._entry(index)
             if state.get(index) == 1:
                 stack.pop()
-                if entry["t"] == "codec":
-                    self._materializing.add(index)
-                    try:
-                        self._materialize(entry.get("args"))
-                    finally:
-                        self._materializing.discard(index)
-                self.objects[index] = self._guard(index, entry, self._create)
+                if index in self._creating:  # reached again while preparing its own parts
+                    raise _CreationCycle(f"corrupt snapshot: creation cycle at objects[{index}]")
+                self._creating.add(index)
+                try:
+                    if entry["t"] == "codec" and entry.get("codec") in DESCRIPTOR_CODECS:
+                        self._prepare_wrapped(entry.get("args"))
+                    elif entry["t"] == "codec":
+                        self._materializing.add(index)
+                        try:
+                            self._materialize(entry.get("args"))
+                        finally:
+                            self._materializing.discard(index)
+                    self.objects[index] = self._guard(index, entry, self._create)
+                finally:
+                    self._creating.discard(index)
                 continue
             state[index] = 1
             for dep in self._creation_deps(entry):
@@ -189,6 +214,45 @@ class GraphDecoder:
                         raise RestoreError(f"corrupt snapshot: creation cycle at objects[{dep}]")
                     state[dep] = 0
                     stack.append(dep)
+
+    def _prepare_wrapped(self, args: Any) -> None:
+        """Fill the functions a classmethod/staticmethod/property wraps (not their cells).
+
+        The wrapper copies its function's name, doc and annotations when it is made, so
+        the function must be filled first.
+        """
+        start = _ref_index(args)
+        if start is None:
+            return
+        wrapped = [start]
+        if self._entry(start)["t"] == "tuple":  # property: (fget, fset, fdel, doc)
+            wrapped = [_ref_index(v) for v in self._entry(start).get("v", [])]
+        self._fill_functions(wrapped)
+
+    def _fill_functions(self, indices: list[int | None]) -> None:
+        """Fill these function entries now (defaults, attributes...), but not their cells.
+
+        Functions a class is made with must be complete, as they were in the class body
+        (e.g. ``__isabstractmethod__`` for ABCMeta); their closure cells wait for phase 2,
+        because a ``super()``/``__class__`` cell refers to the class being made.
+        """
+        for index in indices:
+            if index is None:
+                continue
+            entry = self._entry(index)
+            if entry["t"] != "func" or self._filled[index]:
+                continue
+            try:
+                for dep in _all_refs(entry):
+                    if not 0 <= dep < len(self.entries):
+                        raise RestoreError(f"corrupt snapshot: objects[{index}] refers to "
+                                           f"{dep}")
+                    if self.objects[dep] is _MISSING:
+                        self._create_with_deps(dep)
+            except _CreationCycle:
+                continue  # its attributes need the class itself: filled in phase 2 instead
+            self._filled[index] = True
+            self._guard(index, entry, self._fill_entry, self.objects[index])
 
     def _entry(self, index: int) -> dict:
         entry = self.entries[index]
@@ -294,6 +358,8 @@ class GraphDecoder:
         if t == "codec":
             return codec_by_name(entry["codec"]).create(value(entry["args"]))
         if t == "enum":
+            if "value" in entry:  # a Flag combination
+                return value(entry["cls"])(value(entry["value"]))
             return value(entry["cls"])[entry["name"]]
         if t == "exception":
             cls, args = value(entry["cls"]), value(entry["args"])
@@ -320,23 +386,36 @@ class GraphDecoder:
     def _create_class(self, entry: dict) -> type:
         value = self.value
         nt = entry.get("namedtuple")
+        attrs = entry.get("attrs", {})
+        made_with = [(name, v) for name, v in attrs.items() if self._is_creation_attr(name, v)]
+        self._fill_functions([_ref_index(v) for _, v in made_with])
         if nt is not None:
             cls = collections.namedtuple(entry["name"], nt["fields"],
                                          defaults=value(nt["defaults"]) or None,
                                          module=PROGRAM_MODULE)
             cls.__qualname__ = entry["qualname"]
+            for name, v in made_with:  # methods written in a typing.NamedTuple body
+                setattr(cls, name, value(v))
             return cls
         bases = tuple(value(b) for b in entry.get("bases", ()))
         meta = value(entry["meta"]) if "meta" in entry else type
-        ns = meta.__prepare__(entry["name"], bases)  # e.g. the member table of an Enum
+        # Class creation runs no program code at restore: what the program's metaclass and
+        # ``__init_subclass__`` did is already in the snapshot (class attributes,
+        # registries), and running them again would repeat their side effects.
+        native = next(m for m in meta.__mro__ if not is_program_class(m))
+        ns = native.__prepare__(entry["name"], bases)  # e.g. the member table of an Enum
         ns["__module__"] = PROGRAM_MODULE
         ns["__qualname__"] = entry["qualname"]
         for name, member_value in entry.get("enum", []):
             ns[name] = value(member_value)
         if "slots" in entry:
             ns["__slots__"] = tuple(entry["slots"])
-        for name, v in entry.get("attrs", {}).items():
-            if self._is_creation_attr(name, v):
+        hook = None
+        for name, v in made_with:
+            if name == "__init_subclass__":
+                hook = value(v)
+                ns[name] = classmethod(_skip_init_subclass)  # until every class exists
+            else:
                 ns[name] = value(v)
         spec = entry.get("dataclass")
         if spec is not None:
@@ -353,9 +432,15 @@ class GraphDecoder:
                 ns[field["name"]] = dataclasses.field(**kwargs)
                 annotations[field["name"]] = Any
             ns["__annotations__"] = annotations
-        cls = meta(entry["name"], bases, ns)
+        if native is meta:
+            cls = meta(entry["name"], bases, ns)
+        else:  # a program metaclass: only the library metaclass under it runs
+            cls = native.__new__(meta, entry["name"], bases, ns)
+            native.__init__(cls, entry["name"], bases, ns)
         if spec is not None:
             cls = dataclasses.dataclass(**spec["params"])(cls)
+        if hook is not None:
+            self._init_subclass.append((cls, hook))
         return cls
 
     # ---------------------------------------------------------------- phase 2

@@ -10,7 +10,9 @@ remembered so a failure can say exactly where the uncapturable object lives.
 
 from __future__ import annotations
 
+import abc
 import base64
+import collections
 import enum
 import math
 import sys
@@ -30,6 +32,10 @@ _ATOMS = (type(None), bool, int, str)
 _NATIVE_LITTLE = sys.byteorder == "little"
 _CLASS_SKIP = frozenset({"__dict__", "__weakref__", "_abc_impl", "__abstractmethods__"})
 _BUILTIN_BASES = (list, dict, set, frozenset, tuple, int, float, complex, str, bytes)
+#: what ``collections.namedtuple`` / ``typing.NamedTuple`` generate (remade at restore)
+_NAMEDTUPLE_MADE = frozenset(vars(collections.namedtuple("T", "x"))) - {"x"} | \
+    {"__annotations__", "__orig_bases__"}
+_abc_dump = getattr(abc, "_get_dump", None)  # the C implementation of abc (CPython)
 _UNCAPTURABLE_HINTS = {
     "generator": "a live generator cannot be migrated; keep its state in plain values",
     "coroutine": "coroutines cannot be migrated; use things timers and callbacks",
@@ -182,7 +188,12 @@ class GraphEncoder:
                 return self._class(obj, i)
             return self._import(obj, i)
         if isinstance(obj, enum.Enum):
-            return {"t": "enum", "cls": ref(cls, i, "attr", "__class__"), "name": obj.name}
+            entry = {"t": "enum", "cls": ref(cls, i, "attr", "__class__")}
+            if obj.name is not None and cls.__members__.get(obj.name) is obj:
+                entry["name"] = obj.name
+            else:  # a Flag combination (e.g. A|B) or an empty Flag: not a named member
+                entry["value"] = ref(obj.value, i, "attr", "value")
+            return entry
         if is_program_class(cls):
             return self._instance(obj, i)
         if isinstance(obj, _FUNCTION_TYPES):
@@ -268,7 +279,9 @@ class GraphEncoder:
             entry["namedtuple"] = {"fields": list(cls._fields),
                                    "defaults": ref(tuple(cls._field_defaults.values()), i,
                                                    "attr", "_field_defaults")}
-            skip.update(k for k in ns if k != "__doc__")
+            # keep what the program wrote in the class body (methods, class attributes)
+            skip.update(k for k, v in ns.items() if k != "__doc__" and (
+                k in _NAMEDTUPLE_MADE or k in cls._fields) and not self._is_program_code(v))
         else:
             entry["bases"] = [ref(b, i, "base", n) for n, b in enumerate(cls.__bases__)]
             if type(cls) is not type:
@@ -298,6 +311,14 @@ class GraphEncoder:
             skip.update(f.name for f in cls.__dataclass_fields__.values())
         entry["attrs"] = {k: ref(v, i, "attr", k) for k, v in ns.items()
                           if k not in skip and k != "__module__"}
+        if _abc_dump is not None and isinstance(cls, abc.ABCMeta):
+            # classes registered with ``register()`` live in the skipped ``_abc_impl``
+            registered = [r() for r in _abc_dump(cls)[0]]
+            registered = sorted((c for c in registered if c is not None),
+                                key=lambda c: (c.__module__, c.__qualname__))
+            if registered:
+                entry["registered"] = [ref(c, i, "registered", n)
+                                       for n, c in enumerate(registered)]
         return entry
 
     def _is_program_code(self, value: Any) -> bool:
