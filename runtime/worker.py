@@ -5,10 +5,13 @@
 
 The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) plus
 ``keepalive``, ``username``/``password``, ``tls`` (``ca_certs``, ``certfile``,
-``keyfile``), ``resource_period``, ``on_shutdown`` (``"stop"``, or ``"migrate"`` to
-move every program to another live engine before leaving), ``isolate`` (one process per
-program, default true), ``program_memory_limit_mb``, ``max_callback_s`` and
-``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be).
+``keyfile``, ``insecure``), ``resource_period``, ``on_shutdown`` (``"stop"``, or
+``"migrate"`` to move every program to another live engine before leaving), ``isolate``
+(one process per program, default true), ``program_memory_limit_mb``, ``max_callback_s``,
+``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be) and
+``migrate_peers`` (the engine ids this worker accepts migrations from; absent: any).
+Unknown keys, wrong types, impossible numbers and TLS files that are missing or do not
+load are reported in one line naming the key (exit code 1), before anything connects.
 
 Why asyncio: the core is single-threaded by design (it never runs two callbacks at
 once); asyncio gives it a real-time clock (``AsyncioClock``) and one thread to run on,
@@ -19,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
+import math
 import signal
+import ssl
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +62,7 @@ class WorkerConfig:
     program_memory_limit_mb: float | None = None  # RLIMIT_AS of each program process
     max_callback_s: float | None = 30.0  # longer callbacks are interrupted (crash)
     snapshot_key: str | None = None  # shared secret: only signed snapshots are restored
-    extra: dict = field(default_factory=dict)
+    migrate_peers: list[str] | None = None  # engines allowed to migrate here (None: any)
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerConfig:
@@ -65,34 +71,141 @@ class WorkerConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, str(path))
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> WorkerConfig:
+        """A checked config: every key known, every value of the right type and range
+        (files named in ``tls`` exist and load), else a one-line ConfigError."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the config must be a JSON object")
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            guesses = {key: close[0] for key in unknown
+                       if (close := difflib.get_close_matches(key, known, n=1))}
+            hint = ""
+            if len(unknown) == 1 and guesses:
+                hint = f" (did you mean {guesses[unknown[0]]!r}?)"
+            elif guesses:
+                hint = " (did you mean " + ", ".join(f"{guess!r} for {key!r}" for key, guess
+                                                    in guesses.items()) + "?)"
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}; known: "
+                              f"{', '.join(sorted(known))}")
         missing = [k for k in ("pubsub_url", "id") if not data.get(k)]
         if missing:
             raise ConfigError(f"{where}: missing {', '.join(missing)} (e.g. "
                               '{"pubsub_url": "mqtt://localhost:1883", "id": "bbb-1"})')
-        config = cls(**{k: v for k, v in data.items() if k in known},
-                     extra={k: v for k, v in data.items() if k not in known})
-        try:
-            p.check_name("id", config.id)
-        except p.ProtocolError as exc:
-            raise ConfigError(f"{where}: {exc.message}") from None
-        if not isinstance(config.pubsub_url, str) or "://" not in config.pubsub_url:
-            raise ConfigError(f"{where}: pubsub_url must look like mqtt://host:1883")
-        for name in ("memory_limit", "keepalive", "request_timeout"):
-            value = getattr(config, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{where}: {name} must be a positive number, not {value!r}")
-        if config.on_shutdown not in ("stop", "migrate"):
-            raise ConfigError(f"{where}: on_shutdown must be 'stop' or 'migrate'")
+        config = cls(**data)
+        config._check(where)
         return config
+
+    def _check(self, where: str) -> None:
+        def fail(message: str) -> ConfigError:
+            return ConfigError(f"{where}: {message}")
+
+        try:
+            p.check_name("id", self.id)
+        except p.ProtocolError as exc:
+            raise fail(exc.message) from None
+        if not isinstance(self.pubsub_url, str) or "://" not in self.pubsub_url:
+            raise fail(f"pubsub_url must look like mqtt://host:1883, not {self.pubsub_url!r}")
+        from .mqtt import parse_broker_url  # paho-mqtt: a worker needs it anyway
+
+        try:
+            parse_broker_url(self.pubsub_url)
+        except ValueError as exc:
+            raise fail(f"pubsub_url: {exc}") from None
+        for name in ("device", "username", "password", "snapshot_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise fail(f"{name} must be a string, not {value!r}")
+        for name in ("memory_limit", "keepalive", "request_timeout"):
+            _positive(fail, name, getattr(self, name))
+        for name in ("resource_period", "program_memory_limit_mb", "max_callback_s"):
+            if getattr(self, name) is not None:
+                _positive(fail, name, getattr(self, name), "or null")
+        if self.on_shutdown not in ("stop", "migrate"):
+            raise fail(f"on_shutdown must be 'stop' or 'migrate', not {self.on_shutdown!r}")
+        if not isinstance(self.isolate, bool):
+            raise fail(f"isolate must be true or false, not {self.isolate!r}")
+        if self.migrate_peers is not None:
+            if not isinstance(self.migrate_peers, list):
+                raise fail("migrate_peers must be a list of engine ids, not "
+                           f"{self.migrate_peers!r}")
+            for peer in self.migrate_peers:
+                try:
+                    p.check_name("every engine id in migrate_peers", peer)
+                except p.ProtocolError as exc:
+                    raise fail(exc.message) from None
+        if self.tls is not None:
+            _check_tls(fail, self.tls)
+
+
+def _positive(fail: Any, name: str, value: Any, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise fail(f"{name} must be a positive number{' ' + alternative if alternative else ''}"
+                   f", not {value!r}")
+
+
+_TLS_KEYS = ("ca_certs", "certfile", "keyfile", "insecure")
+
+
+def _check_tls(fail: Any, tls: Any) -> None:
+    """``tls`` as paho will use it: an object of known keys whose files exist and load."""
+    if not isinstance(tls, dict):
+        raise fail(f"tls must be an object with some of {', '.join(_TLS_KEYS)} (e.g. "
+                   f'{{"ca_certs": "/etc/ssl/certs/broker-ca.pem"}}), not {tls!r}')
+    unknown = sorted(set(tls) - set(_TLS_KEYS))
+    if unknown:
+        raise fail(f"unknown tls key(s) {', '.join(unknown)}; known: {', '.join(_TLS_KEYS)}")
+    if not isinstance(tls.get("insecure", False), bool):
+        raise fail(f"tls.insecure must be true or false, not {tls['insecure']!r}")
+    for key in ("ca_certs", "certfile", "keyfile"):
+        path = tls.get(key)
+        if path is None:
+            continue
+        if not isinstance(path, str) or not path:
+            raise fail(f"tls.{key} must be a file name, not {path!r}")
+        if not Path(path).is_file():
+            raise fail(f"tls.{key}: no such file {path}")
+    if tls.get("keyfile") and not tls.get("certfile"):
+        raise fail("tls.keyfile needs tls.certfile (the certificate it belongs to)")
+    context = ssl.create_default_context()
+    if tls.get("ca_certs"):
+        try:
+            context.load_verify_locations(cafile=tls["ca_certs"])
+        except (ssl.SSLError, OSError) as exc:
+            raise fail(f"tls.ca_certs {tls['ca_certs']}: not a PEM certificate file "
+                       f"({getattr(exc, 'reason', None) or exc})") from None
+    if tls.get("certfile"):
+        def encrypted() -> str:
+            raise _EncryptedKey
+
+        shown = f"tls.certfile {tls['certfile']}" + (
+            f" with tls.keyfile {tls['keyfile']}" if tls.get("keyfile") else
+            " (no tls.keyfile: the key must be in the same file)")
+        try:
+            context.load_cert_chain(tls["certfile"], tls.get("keyfile"), password=encrypted)
+        except _EncryptedKey:
+            raise fail(f"{shown}: the key is encrypted; give the worker an unencrypted key "
+                       "that only its user can read") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise fail(f"{shown}: not a PEM certificate and its private key "
+                       f"({getattr(exc, 'reason', None) or exc})") from None
+
+
+class _EncryptedKey(Exception):
+    """A TLS key that wants a password (paho would prompt on the terminal)."""
 
 
 def make_transport(config: WorkerConfig, loop: asyncio.AbstractEventLoop, client_id: str):
@@ -117,7 +230,8 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
                                                         config.max_callback_s)
                         if config.isolate else None,
                         snapshot_key=config.snapshot_key.encode("utf-8")
-                        if config.snapshot_key else None)
+                        if config.snapshot_key else None,
+                        migrate_peers=config.migrate_peers)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -177,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         config = WorkerConfig.load(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1  # a user error (argparse's usage errors exit 2)
     return asyncio.run(serve(config))
 
 

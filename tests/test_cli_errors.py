@@ -6,6 +6,7 @@ error, 2: bad options) and that stderr ends in one line naming what is at fault.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,39 @@ def test_sim_bad_values_are_named(tmp_path, text, message):
         path.write_text(text if text.startswith("duration") else "duration = 1\n" + text)
     got = user_error("sim", path)
     assert got.startswith(f"{path}: ") and message in got, got
+
+
+# ---------------------------------------------------------------- worker config
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"pubsub_url": "http://127.0.0.1:1883", "id": "w1"},
+     "pubsub_url: unsupported broker URL scheme 'http' in 'http://127.0.0.1:1883': use "
+     "mqtt://host[:port] or mqtts://host[:port]"),
+    ({"pubsub_url": "mqtt://127.0.0.1:99999", "id": "w1"},
+     "pubsub_url: bad port in broker URL 'mqtt://127.0.0.1:99999': it must be 1-65535"),
+    ({"pubsub_url": "mqtts://127.0.0.1", "id": "w1", "tls": {"ca_certs": "ca.pem"}},
+     "tls.ca_certs: no such file ca.pem"),
+    ({"pubsub_url": "mqtts://127.0.0.1", "id": "w1", "tls": "yes"},
+     "tls must be an object with some of ca_certs, certfile, keyfile, insecure (e.g. "
+     '{"ca_certs": "/etc/ssl/certs/broker-ca.pem"}), not \'yes\''),
+    ({"pubsub_url": "mqtt://127.0.0.1", "idd": "w1", "id": "w1"},
+     "unknown key(s) idd (did you mean 'id'?); known: device, id, isolate, keepalive, "
+     "max_callback_s, memory_limit, migrate_peers, on_shutdown, password, "
+     "program_memory_limit_mb, pubsub_url, request_timeout, resource_period, snapshot_key, "
+     "tls, username"),
+    ({"pubsub_url": "mqtt://127.0.0.1", "id": "w1", "isolate": "no"},
+     "isolate must be true or false, not 'no'"),
+    ({"pubsub_url": "mqtt://127.0.0.1", "id": "w1", "max_callback_s": -1},
+     "max_callback_s must be a positive number or null, not -1"),
+])
+def test_worker_bad_config_is_one_line_exit_1(tmp_path, config, message):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(config))
+    code, _, err = cli("worker", path)
+    assert code == 1, err
+    assert err == f"error: {path}: {message}\n"
+
+
+def test_worker_missing_config_file(tmp_path):
+    code, _, err = cli("worker", tmp_path / "w.json")
+    assert (code, err) == (1, f"error: {tmp_path / 'w.json'}: no such config file\n")
