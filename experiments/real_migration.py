@@ -1,8 +1,10 @@
 """End-to-end migration latency between two real workers on loopback (real Mosquitto,
 programs in child processes), for program states of 1 KB to 10 MB.
 
-    python experiments/real_migration.py --sizes 1e3 1e5 1e6 1e7 --repeat 5
+    python experiments/real_migration.py --sizes 1e3 1e5 1e6 1e7 --repeat 5 \
+        --out results/real_migration.csv
 
+Measurements on this machine (wall clock), so they differ from run to run.
 Writes ``results/real_migration.csv`` (one row per migration: size, snapshot, transfer,
 restore, commit, total seconds as recorded by the source engine, plus the dispatcher's
 wall-clock round trip), ``results/real_migration.png`` (median phases per size) and
@@ -27,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,6 +66,7 @@ async def measure(url: str, sizes: list[int], repeat: int) -> list[dict]:
     while not {"w1", "w2"} <= {e for e, h in d.engines.items() if h.status != "dead"}:
         await asyncio.sleep(0.05)
     rows = []
+    bar = tqdm(total=len(sizes) * repeat, unit="migration", desc="migrations")
     for size in sizes:
         iid = (await d.run_code("w1", f"state{size}", PROGRAM.format(size=size)))["id"]
         where = "w1"
@@ -77,12 +81,15 @@ async def measure(url: str, sizes: list[int], repeat: int) -> list[dict]:
                          "restore_s": m["restore_s"], "commit_s": m["commit_s"],
                          "total_s": m["total_s"], "dispatcher_wall_s": wall})
             where = target
+            bar.update()
         await d.kill_code(iid)
+    bar.close()
     d.kill()
     return rows
 
 
 def main() -> int:
+    wall_start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7])
     parser.add_argument("--repeat", type=int, default=5)
@@ -98,7 +105,7 @@ def main() -> int:
                 proc.wait(timeout=20)
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False, float_format="%.6f")
+    df.to_csv(args.out, index=False, float_format="%.6f", lineterminator="\n")
     cols = ["snapshot_bytes", "snapshot_s", "transfer_s", "restore_s", "commit_s", "total_s",
             "dispatcher_wall_s"]
     medians = df.groupby("state_bytes")[cols].median()
@@ -115,6 +122,7 @@ def main() -> int:
     ax.figure.savefig(figure, dpi=120)
     plt.close(ax.figure)
     print(f"written: {args.out}, {figure}")
+    print(f"run time: {time.perf_counter() - wall_start:.1f} s")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Turn a pytest-benchmark JSON of tests/benchmarks into the migration ratio table.
 
     pytest tests/benchmarks --benchmark-enable --benchmark-json results/benchmarks.json
-    python experiments/report_benchmarks.py results/benchmarks.json
+    python experiments/report_benchmarks.py results/benchmarks.json \
+        --out results/migration_benchmarks.csv
 
 Writes ``results/migration_benchmarks.csv`` and prints a Markdown table.  Times are the
-median of each benchmark's rounds; ratios compare sides measured in the same run.
+median of each benchmark's rounds; ratios compare sides measured in the same run.  These
+are measurements: they differ from run to run.  The default paths are in the repository's
+``results/``, whatever the current directory.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
 
+ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"test_(?P<test>\w+)\[(?P<params>[^\]]+)\]")
 
 
@@ -68,19 +73,23 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
+    wall_start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", type=Path, nargs="?", default=Path("results/benchmarks.json"))
-    parser.add_argument("--out", type=Path, default=Path("results/migration_benchmarks.csv"))
+    parser.add_argument("json", type=Path, nargs="?", default=ROOT / "results" /
+                        "benchmarks.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" /
+                        "migration_benchmarks.csv")
     args = parser.parse_args()
     t = table(load(args.json))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    t.round(3).to_csv(args.out)
+    t.round(3).to_csv(args.out, lineterminator="\n")
     cols = ["callback_overhead_%", "run_overhead_%", "memory_overhead_%",
             "snap_thingssim_ms", "snap_time_ratio",
             "restore_cold_ms", "restore_warm_ms", "restore_cold_ratio", "restore_warm_ratio",
             "size_thingssim", "size_ratio", "gz_thingssim", "gz_size_ratio"]
     print(t[[c for c in cols if c in t]].round(2).to_markdown())
     print(f"\nwritten: {args.out}")
+    print(f"run time: {time.perf_counter() - wall_start:.1f} s")
 
 
 if __name__ == "__main__":

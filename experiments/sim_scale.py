@@ -1,10 +1,12 @@
 """How the simulation scales: N boards, each running a program that publishes once a
 second, for a span of simulated time; wall time, peak memory and event rates.
 
-    python experiments/sim_scale.py --boards 100 1000 10000 --minutes 10
+    python experiments/sim_scale.py --boards 100 1000 10000 --minutes 10 --out results
 
-Writes ``results/sim_scale.csv`` and ``results/sim_scale.png``.  Each size runs in a
-fresh process, so wall time is clean and peak memory is that process's peak RSS.
+Writes ``results/sim_scale.csv`` and ``results/sim_scale.png`` (``--out``).  They are
+measurements (wall time, memory), so they differ from run to run; the event and message
+counts are deterministic.  Each size runs in a fresh process, so wall time is clean and
+peak memory is that process's peak RSS.
 Engines' 1 s resource reports are on (they are part of the system's load); message
 tracing is off (a trace of millions of rows is what you would not keep at this scale).
 PureEdgeSim (Java) simulates 10,000 devices for 10 minutes in 58 s.
@@ -68,6 +70,7 @@ def measure(boards: int, minutes: float, seed: int, profile: str, progress: bool
 
 
 def main() -> int:
+    wall_start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boards", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -90,7 +93,7 @@ def main() -> int:
         print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "sim_scale.csv", index=False)
+    df.to_csv(args.out / "sim_scale.csv", index=False, lineterminator="\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(df["boards"], df["wall_s"], "o-", label="wall time (s)")
     ax.plot(df["boards"], df["peak_rss_mb"], "s--", label="peak RSS (MiB)")
@@ -101,6 +104,8 @@ def main() -> int:
     fig.tight_layout()
     fig.savefig(args.out / "sim_scale.png", dpi=120)
     print(df.to_string(index=False))
+    print(f"written: {args.out / 'sim_scale.csv'}, {args.out / 'sim_scale.png'}")
+    print(f"run time: {time.perf_counter() - wall_start:.1f} s")
     return 0
 
 
