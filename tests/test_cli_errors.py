@@ -211,3 +211,20 @@ def test_worker_bad_config_is_one_line_exit_1(tmp_path, config, message):
 def test_worker_missing_config_file(tmp_path):
     code, _, err = cli("worker", tmp_path / "w.json")
     assert (code, err) == (1, f"error: {tmp_path / 'w.json'}: no such config file\n")
+
+
+# ---------------------------------------------------------------- hand-edited snapshots
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"status": "Sleeping"}, "corrupt snapshot: status must be 'Running' or 'Paused', "
+                             "not 'Sleeping'"),
+    ({"time": -5}, "corrupt snapshot: time (the program clock) must be a finite number "
+                   ">= 0, not -5"),
+    ({"loop": {"next_seq": "7", "next_timer_id": 2}},
+     "corrupt snapshot: loop.next_seq must be an integer >= 0, not '7'"),
+])
+def test_hand_edited_snapshot_is_rejected(tmp_path, edit, message):
+    snap = tmp_path / "s.json"
+    assert cli("snapshot", COUNTER, "--after", "0.35", "-o", snap, "--virtual")[0] == 0
+    snap.write_text(json.dumps({**json.loads(snap.read_text()), **edit}))
+    assert user_error("restore", snap, "--for", "1", "--virtual") == f"{snap}: {message}"

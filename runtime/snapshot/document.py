@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import math
 import platform
 from typing import Any
 
@@ -26,6 +27,8 @@ from .errors import RestoreError
 
 FORMAT = "thingssim-snapshot"
 VERSION = 1
+#: what a snapshot can say about its program: only live programs are captured
+STATUSES = ("Running", "Paused")
 _REQUIRED = {"program": dict, "time": (int, float), "loop": dict, "globals": dict,
              "timers": list, "subscriptions": list, "messages": list, "shapes": list,
              "objects": list}
@@ -76,6 +79,18 @@ def validate(doc: Any) -> None:
     for key, kind in _REQUIRED.items():
         if not isinstance(doc.get(key), kind):
             raise RestoreError(f"corrupt snapshot: field {key!r} is missing or malformed")
+    if doc.get("status") not in STATUSES:
+        raise RestoreError(f"corrupt snapshot: status must be {' or '.join(map(repr, STATUSES))}"
+                           f", not {doc.get('status')!r}")
+    time = doc["time"]
+    if isinstance(time, bool) or not math.isfinite(time) or time < 0:
+        raise RestoreError(f"corrupt snapshot: time (the program clock) must be a finite "
+                           f"number >= 0, not {time!r}")
+    for key in ("next_seq", "next_timer_id", "events_run"):
+        value = doc["loop"].get(key, 0 if key == "events_run" else None)  # that one: optional
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RestoreError(f"corrupt snapshot: loop.{key} must be an integer >= 0, "
+                               f"not {value!r}")
     program = doc["program"]
     for key in ("code_name", "instance_id", "source", "source_sha256"):
         if not isinstance(program.get(key), str):
