@@ -7,7 +7,8 @@
 - ``auth_broker``: Mosquitto with passwords and an ACL (anonymous clients refused):
   ``dispatcher`` may publish anywhere, including the command topics ``+/cmd`` and
   ``+/+/cmd``; ``engine`` may read everything and publish the engines' reports, replies,
-  consoles, resources and migration steps (``+/migrate``); ``guest`` may read
+  consoles, resources and migration steps as itself (``+/migrate/engine``, what
+  ``pattern write +/migrate/%u`` grants a worker); ``guest`` may read
   everything and publish only ``sensors/#``.
   ``auth_broker.users`` maps each user to its password; ``auth_broker.acl_file`` and
   ``.password_file`` are the files, for brokers of one's own.
@@ -54,7 +55,7 @@ topic write engine-registry/#
 topic write program-monitor
 topic write program-monitor/#
 topic write +/reply
-topic write +/migrate
+topic write +/migrate/engine
 topic write +/console
 topic write +/resource
 topic write +/+/console

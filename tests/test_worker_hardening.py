@@ -66,8 +66,9 @@ def fuzz_target(broker, tmp_path_factory):  # noqa: F811
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-@given(topic=st.sampled_from(["w1/cmd", "w1/migrate", "w1/reply", "engine-registry/bcast",
-                              "program-monitor/bcast", "counter/{iid}/cmd", "w1/cmd"]),
+@given(topic=st.sampled_from(["w1/cmd", "w1/migrate/fuzzer", "w1/reply",
+                              "engine-registry/bcast", "program-monitor/bcast",
+                              "counter/{iid}/cmd", "w1/cmd"]),
        payload=messages, qos=st.sampled_from([0, 1]))
 def test_fuzzing_every_topic_a_worker_listens_on(fuzz_target, topic, payload, qos):
     client, workers, iid = fuzz_target
