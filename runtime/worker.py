@@ -9,7 +9,8 @@ The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) 
 ``"migrate"`` to move every program to another live engine before leaving), ``isolate``
 (one process per program, default true), ``program_memory_limit_mb``, ``max_callback_s``,
 ``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be) and
-``migrate_peers`` (the engine ids this worker accepts migrations from; absent: any).
+``migrate_peers`` (the engine ids this worker accepts migrations from; absent: any engine
+whose snapshots carry the fleet's signature, or, without a ``snapshot_key``, none at all).
 Unknown keys, wrong types, impossible numbers and TLS files that are missing or do not
 load are reported in one line naming the key (exit code 1), before anything connects.
 
@@ -62,7 +63,7 @@ class WorkerConfig:
     program_memory_limit_mb: float | None = None  # RLIMIT_AS of each program process
     max_callback_s: float | None = 30.0  # longer callbacks are interrupted (crash)
     snapshot_key: str | None = None  # shared secret: only signed snapshots are restored
-    migrate_peers: list[str] | None = None  # engines allowed to migrate here (None: any)
+    migrate_peers: list[str] | None = None  # engines allowed to migrate here (see below)
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerConfig:
@@ -149,6 +150,14 @@ class WorkerConfig:
         if self.tls is not None:
             _check_tls(fail, self.tls)
 
+    def accepted_migrate_peers(self) -> list[str] | None:
+        """Whom this worker restores programs from: ``migrate_peers`` if given; else, with
+        a ``snapshot_key``, anyone (the signature authenticates the snapshot); else no one,
+        since an unsigned snapshot from any client that can publish is any code run here."""
+        if self.migrate_peers is not None:
+            return list(self.migrate_peers)
+        return None if self.snapshot_key else []
+
 
 def _positive(fail: Any, name: str, value: Any, alternative: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -231,7 +240,11 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
                         if config.isolate else None,
                         snapshot_key=config.snapshot_key.encode("utf-8")
                         if config.snapshot_key else None,
-                        migrate_peers=config.migrate_peers)
+                        migrate_peers=config.accepted_migrate_peers())
+    if not config.snapshot_key and not config.accepted_migrate_peers():
+        log.warning("engine %s refuses every migration to it (error 'forbidden'): give the "
+                    "workers a shared snapshot_key (provision.sh does), or list the engines "
+                    "it may accept programs from in migrate_peers", config.id)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -27,6 +27,9 @@ from thingssim.broker import find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTER = forever_counter(0.05)
+#: the test fleet's shared snapshot_key (signed snapshots): a worker without one refuses
+#: every migration unless its config lists migrate_peers
+FLEET_KEY = "test-fleet-snapshot-key"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,8 @@ class Workers:
     def start(self, wid: str, **config) -> subprocess.Popen:
         path = self.tmp / f"{wid}.json"
         path.write_text(json.dumps({"pubsub_url": self.url, "id": wid, "keepalive": 2,
-                                    "resource_period": 0.5, **config}))
+                                    "resource_period": 0.5, "snapshot_key": FLEET_KEY,
+                                    **config}))
         log = open(self.tmp / f"{wid}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "runtime.worker", str(path)],
                                 stdout=log, stderr=subprocess.STDOUT,
