@@ -333,6 +333,8 @@ class Dispatcher:
         epoch = epoch if isinstance(epoch, int) else None
         if epoch is not None and epoch < program.epoch:
             return False
+        if program.status == "Lost" and (epoch is None or epoch <= program.epoch):
+            return False  # lost at this epoch: only a newer owner brings it back
         if epoch is None and program.engine not in (None, engine_id) and \
                 program.status in ("Running", "Paused"):
             return False  # an epoch-less report about a copy that moved on
