@@ -7,6 +7,7 @@ error, 2: bad options) and that stderr ends in one line naming what is at fault.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from harness import PROGRAMS
+from mqtt_fixtures import broker  # noqa: F401
 
 from thingssim.cli import main
 
@@ -228,3 +230,91 @@ def test_hand_edited_snapshot_is_rejected(tmp_path, edit, message):
     assert cli("snapshot", COUNTER, "--after", "0.35", "-o", snap, "--virtual")[0] == 0
     snap.write_text(json.dumps({**json.loads(snap.read_text()), **edit}))
     assert user_error("restore", snap, "--for", "1", "--virtual") == f"{snap}: {message}"
+
+
+# ---------------------------------------------------------------- dispatch
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["migrate", "counter.py.1", "w2", "w3"],
+     "usage: migrate INSTANCE_ID TARGET_ENGINE (got 3 arguments: counter.py.1 w2 w3)"),
+    (["status", "--bogus"], "usage: status (got 1 argument: --bogus)"),
+    (["kill"], "usage: kill INSTANCE_ID (got 0 arguments)"),
+])
+def test_dispatch_wrong_arguments_are_usage_errors_before_connecting(args, message):
+    # port 1: nothing listens there, and nothing needs to (checked before connecting)
+    assert bad_option("dispatch", "mqtt://127.0.0.1:1", *args) == message
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://127.0.0.1:1883", "unsupported broker URL scheme 'http'"),
+    ("mqtt://127.0.0.1:99999", "bad port in broker URL 'mqtt://127.0.0.1:99999'"),
+])
+def test_dispatch_and_shell_check_the_broker_url(url, message):
+    for command in (["dispatch", url, "status"], ["shell", url]):
+        got = bad_option(*command)
+        assert got.startswith("Invalid value for 'URL': ") and message in got
+
+
+def test_dispatch_run_with_a_missing_file(tmp_path):
+    assert user_error("dispatch", "mqtt://127.0.0.1:1", "run", "w1", tmp_path / "p.py") == \
+        f"{tmp_path / 'p.py'}: no such file"
+
+
+def test_dispatch_prints_readable_text(broker, tmp_path):  # noqa: F811
+    """Text for people (tables, sentences), JSON with --json: never Python reprs."""
+    program = ROOT / "experiments" / "scenarios" / "programs" / "counter.py"  # forever
+    procs = []
+    try:
+        for wid in ("w1", "w2", "w3"):
+            config = tmp_path / f"{wid}.json"
+            config.write_text(json.dumps({"pubsub_url": broker.url, "id": wid,
+                                          "isolate": False, "keepalive": 2,
+                                          "snapshot_key": "fleet-secret"}))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "runtime.worker", str(config)], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(40):
+            code, out, _ = cli("dispatch", broker.url, "status", "--json")
+            if code == 0 and len(json.loads(out)["engines"]) == 3:
+                break
+        else:
+            pytest.fail("the workers did not register")
+
+        code, out, err = cli("dispatch", broker.url, "run", "w1", program)
+        assert code == 0, err
+        found = re.fullmatch(r"(counter\.py\.\w+) \(counter\.py\) is Running on w1\n", out)
+        assert found, out
+        iid = found.group(1)
+
+        code, out, err = cli("dispatch", broker.url, "status")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "engines:" and lines[1].split() == ["id", "status", "device",
+                                                               "programs"]
+        assert set(lines[2]) <= {"-", " "}  # tabulate's rule under the header
+        assert any(line.split()[:2] == [iid, "counter.py"] for line in lines)
+        assert "{" not in out and "[" not in out
+
+        code, out, err = cli("dispatch", broker.url, "migrate", iid, "w2")
+        assert code == 0, err
+        assert re.fullmatch(rf"{re.escape(iid)} moved from w1 to w2 \(Running\) in [\d.]+ s: "
+                            r"snapshot [\d.]+ s \([\d,]+ bytes\), transfer [\d.]+ s, "
+                            r"restore [\d.]+ s, commit [\d.]+ s\n", out), out
+
+        code, out, err = cli("dispatch", broker.url, "spawn", iid, "w3")
+        assert code == 0, err
+        header, rule, row = out.splitlines()
+        columns = header.split()
+        assert columns[:4] == ["engine", "id", "code_name", "status"], out
+        assert set(rule) <= {"-", " "} and len(row.split()) == len(columns), out
+        assert row.split()[0] == "w3" and row.split()[3] == "Running", out
+
+        code, out, err = cli("dispatch", broker.url, "pause", iid, "--json")
+        assert code == 0 and json.loads(out) == "Paused", err
+        code, out, err = cli("dispatch", broker.url, "kill", iid)
+        assert code == 0 and out.startswith(f"{iid}: "), err
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)

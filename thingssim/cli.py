@@ -301,26 +301,63 @@ def worker(config: Path, verbose: bool) -> None:
     sys.exit(w.main([str(config)] + (["-v"] if verbose else [])))
 
 
+def _broker_url(ctx: Any, param: Any, value: str) -> str:
+    """A broker URL (mqtt:// or mqtts://, a port in 1-65535), checked before connecting."""
+    from runtime.mqtt import parse_broker_url
+
+    value = value if "://" in value else f"mqtt://{value}"
+    try:
+        parse_broker_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("url")
+@click.argument("url", callback=_broker_url)
 @click.argument("action", type=click.Choice(["run", "pause", "resume", "kill", "migrate",
                                              "spawn", "status"]))
 @click.argument("args", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=30.0,
+              show_default=True, help="Seconds to wait for each reply.")
 @_auth
 def dispatch(url: str, action: str, args: tuple[str, ...], as_json: bool, timeout: float,
              username: str | None, password: str | None) -> None:
-    """One command to the workers on broker URL, e.g. `dispatch mqtt://host run bbb1 p.py`."""
+    """One command to the workers on broker URL, e.g. `dispatch mqtt://host run bbb1 p.py`.
+
+    \b
+    Actions: run ENGINE FILE [CODE_NAME], pause|resume|kill INSTANCE_ID,
+    migrate INSTANCE_ID TARGET_ENGINE, spawn INSTANCE_ID TARGET_ENGINE..., status.
+    """
     import asyncio
     import json
 
-    from .remote import USER_ERRORS, connect, render, run_action
+    from .remote import (
+        USER_ERRORS,
+        UsageError,
+        check_args,
+        connect,
+        read_program,
+        render,
+        run_action,
+    )
+
+    try:  # before connecting: a wrong command needs no broker to be wrong
+        check_args(action, list(args))
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    source = None
+    if action == "run":
+        try:
+            source = read_program(args[1])
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
 
     async def go() -> object:
         d = await connect(url, username=username, password=password, timeout=timeout)
         try:
-            return await run_action(d, action, list(args))
+            return await run_action(d, action, list(args), source=source)
         finally:
             d.kill()
 
@@ -328,11 +365,12 @@ def dispatch(url: str, action: str, args: tuple[str, ...], as_json: bool, timeou
         result = asyncio.run(go())
     except USER_ERRORS as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
+    click.echo(json.dumps(result, indent=2, default=str) if as_json
+               else render(result, action, args))
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", callback=_broker_url)
 @_auth
 def shell(url: str, username: str | None, password: str | None) -> None:
     """An interactive console over the workers on broker URL."""

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from tabulate import tabulate
+
 from runtime.dispatcher import Dispatcher, DispatcherError
 from runtime.rpc import RemoteError, RequestTimeout
 
@@ -61,47 +63,101 @@ def status_rows(d: Dispatcher) -> dict:
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(none)"
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) for r in rows]
-    return "\n".join(lines)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return tabulate([[row.get(c, "") for c in columns] for row in rows], headers=columns,
+                    missingval="-")
 
 
-async def run_action(d: Dispatcher, action: str, args: list[str]) -> Any:
-    """One dispatch action; returns what to print (a dict or a string)."""
-    def need(n: int, usage: str) -> None:
-        if len(args) < n:
-            raise ValueError(f"usage: {action} {usage}")
+class UsageError(ValueError):
+    """A dispatch action with the wrong number of arguments (or an unknown action)."""
 
+
+#: action -> (fewest arguments, most arguments or None, usage)
+USAGE = {
+    "run": (2, 3, "ENGINE FILE [CODE_NAME]"),
+    "pause": (1, 1, "INSTANCE_ID"),
+    "resume": (1, 1, "INSTANCE_ID"),
+    "kill": (1, 1, "INSTANCE_ID"),
+    "migrate": (2, 2, "INSTANCE_ID TARGET_ENGINE"),
+    "spawn": (2, None, "INSTANCE_ID TARGET_ENGINE..."),
+    "status": (0, 0, ""),
+}
+
+
+def check_args(action: str, args: list[str]) -> None:
+    """Raise UsageError unless ``action`` is known and has as many arguments as it takes."""
+    if action not in USAGE:
+        raise UsageError(f"unknown action {action!r}: {', '.join(USAGE)}")
+    fewest, most, usage = USAGE[action]
+    if len(args) < fewest or (most is not None and len(args) > most):
+        got = f"{len(args)} argument{'' if len(args) == 1 else 's'}" + \
+            (f": {' '.join(args)}" if args else "")
+        raise UsageError(f"usage: {action} {usage}".rstrip() + f" (got {got})")
+
+
+def read_program(path: str | Path) -> str:
+    """A program file's source; a ValueError naming the file if it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a program file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+
+
+async def run_action(d: Dispatcher, action: str, args: list[str],
+                     source: str | None = None) -> Any:
+    """One dispatch action; returns its result (what :func:`render` prints).
+
+    ``source``: the program for ``run`` when the caller has read it already.
+    """
+    check_args(action, args)
     if action == "status":
         return status_rows(d)
     if action == "run":
-        need(2, "ENGINE FILE [CODE_NAME]")
         path = Path(args[1])
-        source = path.read_text(encoding="utf-8")
+        source = read_program(path) if source is None else source
         return await d.run_code(args[0], args[2] if len(args) > 2 else path.name, source)
     if action in ("pause", "resume", "kill"):
-        need(1, "INSTANCE_ID")
         return await getattr(d, f"{action}_code")(args[0])
     if action == "migrate":
-        need(2, "INSTANCE_ID TARGET_ENGINE")
         program = d.program(args[0])
         if program.engine is None:
             raise ValueError(f"{args[0]} is on no known engine")
         return await d.move_code(program.engine, args[1], program.code_name, args[0])
-    if action == "spawn":
-        need(2, "INSTANCE_ID TARGET_ENGINE...")
-        program = d.program(args[0])
-        return await d.spawn_code(program.engine, args[1:], program.code_name, args[0])
-    raise ValueError(f"unknown action {action!r}: run, pause, resume, kill, migrate, "
-                     "spawn or status")
+    program = d.program(args[0])  # spawn
+    return await d.spawn_code(program.engine, args[1:], program.code_name, args[0])
 
 
-def render(result: Any) -> str:
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f} s"
+
+
+def render(result: Any, action: str | None = None, args: list[str] | tuple = ()) -> str:
+    """What a person reads for an action's result (``--json`` prints it as JSON)."""
     if isinstance(result, dict) and set(result) == {"engines", "programs"}:
         return f"engines:\n{format_table(result['engines'])}\n\nprograms:\n" \
                f"{format_table(result['programs'])}"
+    if isinstance(result, dict) and isinstance(result.get("migration"), dict):
+        m = result["migration"]
+        size = m.get("snapshot_bytes")
+        return (f"{result.get('id')} moved from {m.get('source')} to {result.get('engine')} "
+                f"({result.get('status')}) in {_seconds(m.get('total_s'))}: snapshot "
+                f"{_seconds(m.get('snapshot_s'))}"
+                + (f" ({size:,} bytes)" if isinstance(size, int) else "")
+                + f", transfer {_seconds(m.get('transfer_s'))}, restore "
+                  f"{_seconds(m.get('restore_s'))}, commit {_seconds(m.get('commit_s'))}")
+    if action == "run" and isinstance(result, dict) and "id" in result:
+        return f"{result['id']} ({result.get('code_name')}) is {result.get('status')} on " \
+               f"{result.get('engine')}"
+    if isinstance(result, str) and action in ("pause", "resume", "kill") and args:
+        return f"{args[0]}: {result}"
+    if isinstance(result, list) and all(isinstance(row, dict) for row in result):
+        return format_table(result)
     if isinstance(result, dict):
         return "\n".join(f"{k}: {v}" for k, v in result.items())
     return str(result)
@@ -132,7 +188,8 @@ class Shell(cmd.Cmd):
 
     def _do(self, action: str, line: str) -> None:
         try:
-            print(render(self._wait(run_action(self.d, action, shlex.split(line)))))
+            args = shlex.split(line)
+            print(render(self._wait(run_action(self.d, action, args)), action, args))
         except USER_ERRORS as exc:
             print(f"error: {exc}")
 
@@ -195,7 +252,8 @@ class Shell(cmd.Cmd):
         self._do("kill", line)
 
     def do_tail(self, line: str) -> None:
-        """tail INSTANCE_ID [N]: the last N console lines of a program (default 20)"""
+        """tail INSTANCE_ID [N]: the last N console lines of a program (default 20), of
+        those printed since this shell connected (engines keep no console history)"""
         parts = shlex.split(line)
         if not parts:
             print("usage: tail INSTANCE_ID [N]")
