@@ -179,9 +179,13 @@ def test_lab_two_shaped_workers(prefix, tmp_path):
         assert all(w.shaping in ("tbf+relay", "netem") for w in lab.workers)
         state = json.loads(Path(lab.state_file).read_text())
         assert [w["shaping"] for w in state["workers"]] == [w.shaping for w in lab.workers]
-        config = json.loads(Path(lab.workers[1].config_file).read_text())
+        configs = [json.loads(Path(w.config_file).read_text()) for w in lab.workers]
+        config = configs[1]
+        key = config.pop("snapshot_key")  # one random key per lab, shared by its workers
         assert config == {"pubsub_url": lab.workers[1].pubsub_url, "id": "w2",
                           "device": "raspberry-pi-zero", "memory_limit": 380, "keepalive": 10}
+        assert len(key) == 64 and configs[0]["snapshot_key"] == key
+        assert all(Path(w.config_file).stat().st_mode & 0o777 == 0o600 for w in lab.workers)
 
         # the broker is reachable from the host; every worker's hello and results arrive
         client = _mqtt(lab.broker_url)

@@ -50,6 +50,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -638,11 +639,19 @@ def _build(lab: Lab, cfg: LabConfig, hosts: list, plen: int, mosquitto: str,
                                       "{config}"]
     if not any("{config}" in arg for arg in template):
         template = [*template, "{config}"]
+    # one shared snapshot_key per lab: the workers sign the snapshots they send and restore
+    # only signed ones (a worker without a key refuses every migration)
+    fleet_key = secrets.token_hex(32)
     for w in lab.workers:
         p = get_profile(w.profile)
-        Path(w.config_file).write_text(json.dumps({
+        text = json.dumps({
             "pubsub_url": w.pubsub_url, "id": w.name, "device": p.name,
-            "memory_limit": p.memory_mb, "keepalive": cfg.keepalive}, indent=2) + "\n")
+            "memory_limit": p.memory_mb, "keepalive": cfg.keepalive,
+            "snapshot_key": fleet_key}, indent=2) + "\n"
+        fd = os.open(w.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also if an older file was there
+        with os.fdopen(fd, "w") as config_file:  # the key: readable by its owner only
+            config_file.write(text)
         values = {"{config}": w.config_file, "{id}": w.name, "{profile}": p.name,
                   "{pubsub_url}": w.pubsub_url, "{broker_url}": lab.broker_url,
                   "{state_dir}": lab.state_dir}
