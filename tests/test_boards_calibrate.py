@@ -193,25 +193,52 @@ def test_command_profile_name_prints_toml() -> None:
                                                     "--profile-name", "my-pi"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "[boards.my-pi]"
+    assert lines[0] == "[[boards]]"
     values = dict(line.split(" = ") for line in lines if " = " in line)
+    assert values["name"] == '"my-pi"' and values["profile"] == '"raspberry-pi-3"'
     assert 0.3 <= float(values["cpu_factor"]) <= 3.0
     assert int(values["cores"]) >= 1
     if sys.version_info >= (3, 11):
         import tomllib
 
-        parsed = tomllib.loads(result.stdout)["boards"]["my-pi"]
+        parsed = tomllib.loads(result.stdout)["boards"][0]
         assert parsed["cpu_factor"] == float(values["cpu_factor"])
         quoted = CliRunner().invoke(calibrate_command, ["--seconds", "0.05",
                                                         "--profile-name", 'lab "a" 1'])
-        assert 'lab "a" 1' in tomllib.loads(quoted.stdout)["boards"]
+        assert tomllib.loads(quoted.stdout)["boards"][0]["name"] == 'lab "a" 1'
+
+
+@pytest.mark.parametrize("name", ["bbb-lab", "beaglebone-black"])
+def test_profile_snippet_is_accepted_by_a_scenario(name: str, tmp_path: Path) -> None:
+    """The printed entry, pasted into a scenario file, loads and runs (issue 8)."""
+    from thingssim.cli import main
+    from thingssim.sim.scenario import Scenario
+
+    snippet = CliRunner().invoke(calibrate_command, ["--seconds", "0.05",
+                                                     "--profile-name", name]).stdout
+    path = tmp_path / "calibrated.toml"
+    path.write_text("duration = 1.0\n\n" + snippet)
+    board = Scenario.from_toml(path).boards[0]
+    assert board.name == name
+    assert board.profile == (name if name in PROFILES else "raspberry-pi-3")
+    assert {"cpu_factor", "cores"} <= set(board.overrides)
+    run = CliRunner().invoke(main, ["sim", str(path), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    assert name in run.stdout
+
+
+def test_command_rejects_bad_values() -> None:
+    for args in (["--seconds", "nan"], ["--seconds", "inf"], ["--profile-name", "a/b"]):
+        bad = CliRunner().invoke(calibrate_command, args)
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, args
+        assert bad.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for")
 
 
 def test_command_json_with_profile_name_and_plain_text() -> None:
     both = CliRunner().invoke(calibrate_command, ["--seconds", "0.05", "--json",
                                                   "--profile-name", "bbb2"])
     assert both.exit_code == 0, both.output
-    assert json.loads(both.stdout)["toml"].startswith("[boards.bbb2]\n")
+    assert json.loads(both.stdout)["toml"].startswith("[[boards]]\n")
     plain = CliRunner().invoke(calibrate_command, ["--seconds", "0.05"])
     assert plain.exit_code == 0 and "cpu_factor" in plain.stdout
     bad = CliRunner().invoke(calibrate_command, ["--seconds", "0"])

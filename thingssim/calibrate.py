@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import re
 import time
 from typing import Any
 
@@ -201,17 +200,23 @@ def calibrate(seconds: float = 2.0) -> dict[str, Any]:
     }
 
 
-def _toml_key(name: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        return name
-    return json.dumps(name)  # a TOML basic string uses JSON's escapes
+def _toml_string(text: str) -> str:
+    return json.dumps(text)  # a TOML basic string uses JSON's escapes
 
 
 def profile_toml(name: str, report: dict[str, Any]) -> str:
-    """A ``[boards.NAME]`` snippet to paste into a scenario file."""
-    lines = [f"[boards.{_toml_key(name)}]",
+    """A ``[[boards]]`` entry for a scenario file: board ``name`` with the measured
+    ``cpu_factor``, ``cores`` and ``memory_mb`` over a base profile, whose link numbers
+    (latency, bandwidth, jitter, loss) it keeps: ``name`` itself when it is a profile."""
+    from .sim.boards import PROFILES  # standard library only, like this module
+
+    base = name if name in PROFILES else "raspberry-pi-3"
+    lines = ["[[boards]]",
              f"# thingssim calibrate, {time.strftime('%Y-%m-%d')}: {report['python']} "
              f"on {report['machine']}",
+             f"# link numbers come from the profile; known: {', '.join(sorted(PROFILES))}",
+             f"name = {_toml_string(name)}",
+             f"profile = {_toml_string(base)}",
              f"cpu_factor = {report['cpu_factor']:.4g}",
              f"cores = {report['cores']}"]
     if report.get("memory_mb"):
@@ -219,12 +224,27 @@ def profile_toml(name: str, report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seconds(ctx: Any, param: Any, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number.", ctx, param)
+    return value
+
+
+def _board_name(ctx: Any, param: Any, value: str | None) -> str | None:
+    """A scenario board name (it becomes an engine id, a topic level)."""
+    if value is not None and (not value or any(c in value for c in "/+#\0")):
+        raise click.BadParameter(f"{value!r}: a board name must be non-empty, without "
+                                 "'/', '+', '#'", ctx, param)
+    return value
+
+
 @click.command("calibrate")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0,
-              show_default=True, help="How long to run the workload.")
+              callback=_seconds, show_default=True, help="How long to run the workload.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--profile-name", metavar="NAME", default=None,
-              help="Print a [boards.NAME] TOML snippet with the measured cpu_factor.")
+@click.option("--profile-name", metavar="NAME", default=None, callback=_board_name,
+              help="Print a scenario [[boards]] entry for board NAME with the measured "
+                   "cpu_factor, cores and memory.")
 def calibrate_command(seconds: float, as_json: bool, profile_name: str | None) -> None:
     """Measure this machine's cpu_factor (CPython speed relative to the reference machine).
 
