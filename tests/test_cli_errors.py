@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -318,3 +320,55 @@ def test_dispatch_prints_readable_text(broker, tmp_path):  # noqa: F811
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- broker
+
+@pytest.mark.parametrize("kind", [[], ["--amqtt"]])
+def test_broker_on_a_busy_port_is_one_line(broker, kind):  # noqa: F811
+    """amqtt used to print its own traceback, Mosquitto its log."""
+    assert user_error("broker", "--port", broker.port, *kind) == \
+        f"port {broker.port} on 127.0.0.1 is already in use (another broker?): stop it, " \
+        "or choose another --port"
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if not path.exists():
+        pytest.skip("needs Linux /proc to find the broker's child process")
+    return [int(child) for child in path.read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_the_broker_and_its_child():
+    """SIGTERM to `thingssim broker` used to leave Mosquitto running on the port."""
+    from mqtt_fixtures import require_broker
+
+    require_broker()
+    proc = subprocess.Popen([sys.executable, "-m", "thingssim.cli", "broker", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"listening on mqtt://127\.0\.0\.1:(\d+)", line)
+        assert found, line + proc.stderr.read()
+        port = int(found.group(1))
+        children = _children(proc.pid)
+        assert children, "the broker runs as a child process"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert proc.stdout.read() == "stopping\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(_alive(child) for child in children)
+    with socket.socket() as probe:  # nothing listens on the port any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
@@ -331,6 +332,30 @@ def _stop_all() -> None:
             handle.stop(timeout=2.0)
 
 
+def _in_use(host: str, port: int) -> str:
+    return (f"port {port} on {host} is already in use (another broker?): stop it, or "
+            "choose another --port")
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a broker could not listen on ``host:port`` (None: a test bind worked), so the
+    user gets one line instead of the broker's own log or traceback."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"--host {host}: not an address to listen on ({exc.strerror})"
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as the brokers do: connections in TIME_WAIT do not block a new listener
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return _in_use(host, port)
+            return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
 @click.command("broker")
 @click.option("--port", type=click.IntRange(0, 65535), default=1883, show_default=True,
               help="TCP port (0: any free port).")
@@ -339,10 +364,20 @@ def _stop_all() -> None:
 @click.option("--amqtt", "use_amqtt", is_flag=True,
               help="Use the embedded amqtt broker even if Mosquitto is installed.")
 def broker_command(port: int, host: str, use_amqtt: bool) -> None:
-    """Run an MQTT broker in the foreground until Ctrl-C, printing its URL."""
+    """Run an MQTT broker in the foreground until Ctrl-C (or SIGTERM), printing its URL."""
+    problem = _cannot_listen(host, port)
+    if problem:
+        raise click.ClickException(problem)
+    # SIGTERM (kill, systemd, a test harness) and SIGHUP (the terminal went away) stop it
+    # like Ctrl-C: the broker runs in its own session, so it would outlive us otherwise
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.default_int_handler)
     try:
         handle = start_broker(port, host, prefer="amqtt" if use_amqtt else "mosquitto")
     except BrokerError as exc:
+        if "already in use" in str(exc).lower():  # taken since _cannot_listen looked
+            raise click.ClickException(_in_use(host, port)) from None
         raise click.ClickException(str(exc)) from None
     try:
         click.echo(f"{handle.kind} broker listening on {handle.url} (Ctrl-C to stop)")
