@@ -687,7 +687,7 @@ class CodeEngine:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
         incoming = self._incoming.get(mid)
         if incoming is None:
-            return m.decided_answer(mid, self.journal.decision(mid))
+            return m.decided_answer(mid, m.presume_abort(self.journal, mid))
         epoch = kwargs.get("epoch", incoming.epoch)
         return self._target_apply(mid, incoming.commit(epoch, kwargs.get("resume", True)
                                                        is not False))
@@ -695,10 +695,8 @@ class CodeEngine:
     def _cmd_abort(self, kwargs: dict, source: str = "?") -> dict:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
         incoming = self._incoming.get(mid)
-        if incoming is None:
-            if self.journal.decision(mid) is None:
-                self.journal.decide(mid, m.ABORTED)  # a restore arriving late is refused
-            return m.decided_answer(mid, self.journal.decision(mid))
+        if incoming is None:  # a restore arriving late is refused from now on
+            return m.decided_answer(mid, m.presume_abort(self.journal, mid))
         return self._target_apply(mid, incoming.abort())
 
     def _target_apply(self, mid: str, outputs: list) -> dict:
@@ -743,7 +741,9 @@ class CodeEngine:
                     "error": outgoing.machine.error}
         if mid in self._outcomes:
             return self._outcomes[mid]
-        return m.decided_answer(mid, self.journal.decision(mid))
+        if source is None:  # the dispatcher asking: say what we know, promise nothing
+            return m.decided_answer(mid, self.journal.decision(mid))
+        return m.decided_answer(mid, m.presume_abort(self.journal, mid))
 
     # ---------------------------------------------------------------- migration: source
     def _cmd_migrate_code(self, kwargs: dict) -> Any:

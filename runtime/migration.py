@@ -50,9 +50,11 @@ Target side (:class:`TargetMigration`)::
     ABORTED     commit / abort      Answer(aborted)                         ABORTED
     any         status              Answer(state)                           same
 
-A rebooted target remembers decisions (the journal is durable) but not prepared copies:
-it answers ``unknown`` for those, which a source reads as "never committed" because a
-commit is journaled before anything runs.
+A rebooted target remembers decisions (the journal is durable) but not prepared copies.
+Asked about a migration it holds no copy of and has no decision for, it *presumes abort*:
+it journals ``aborted`` before answering, so a duplicate restore or a late commit still in
+flight can never create a second copy (:func:`presume_abort`; the exhaustive exploration
+in ``tests/test_migration_machine.py`` found exactly that schedule).
 """
 
 from __future__ import annotations
@@ -334,3 +336,21 @@ class TargetMigration:
 def decided_answer(migration_id: str, decision: str | None) -> dict:
     """What a target says about a migration it holds no machine for (journal only)."""
     return {"state": decision or UNKNOWN, "migration_id": migration_id}
+
+
+def presume_abort(journal: Any, migration_id: str) -> str:
+    """The decision for a migration this target holds no prepared copy of.
+
+    A target that says it does not know a migration must never commit it later (a
+    duplicate restore and a late commit may still be on their way, say after a reboot
+    lost the prepared copy and the reply cache): so "unknown" is written down as
+    ``aborted`` before it is said.  ``journal`` is a dict or a :class:`Journal`-like
+    object with ``decision``/``decide``.
+    """
+    if isinstance(journal, dict):
+        return journal.setdefault(migration_id, ABORTED)
+    decision = journal.decision(migration_id)
+    if decision is None:
+        journal.decide(migration_id, ABORTED)
+        decision = ABORTED
+    return decision
