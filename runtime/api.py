@@ -89,8 +89,12 @@ class Things:
 
     def _import(self, name: str, globals: Any = None, locals: Any = None,
                 fromlist: Any = (), level: int = 0) -> Any:
-        if name == "things" and level == 0:
-            return self
+        if level == 0:
+            if name == "things":
+                return self
+            own = self._host.modules.get(name)  # e.g. its own `random`
+            if own is not None:
+                return own
         return builtins.__import__(name, globals, locals, fromlist, level)
 
     def make_builtins(self) -> dict[str, Any]:

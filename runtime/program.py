@@ -28,6 +28,7 @@ from .snapshot import document
 from .snapshot.decoder import GraphDecoder
 from .snapshot.encoder import PROGRAM_MODULE, GraphEncoder
 from .snapshot.errors import RestoreError, SnapshotError
+from .snapshot.modules import ProgramModules
 from .snapshot.sites import SiteIndex
 from .topics import topic_matches, validate_filter, validate_topic
 
@@ -124,6 +125,7 @@ class ProgramHost:
         self._event_hook = on_event  # (host, seconds of CPU the event took): for cost models
 
         self.api = Things(self)
+        self.modules = ProgramModules()  # its own `random`: isolated, and it migrates
         self._builtins = self.api.make_builtins()
         self.globals: dict[str, Any] = {"__builtins__": self._builtins,
                                         "__name__": PROGRAM_MODULE, "__doc__": None}
@@ -440,7 +442,8 @@ class ProgramHost:
         if not self.alive:
             raise SnapshotError(f"program {self.instance_id} has ended ({self.status.value})")
         encoder = GraphEncoder(self._sites, self.globals,
-                               {id(self.api): "things", id(self._builtins): "builtins"})
+                               {id(self.api): "things", id(self._builtins): "builtins",
+                                **self.modules.runtime_refs()})
         globals_ref = encoder.encode_root(self.globals, "globals")
         timers = []
         for timer in sorted(self._timers.values(), key=lambda t: t.seq):
@@ -456,6 +459,7 @@ class ProgramHost:
             if kind == _MESSAGE:
                 messages.append({"due": due, "seq": seq, "topic": ref[0], "via": ref[2],
                                  **_bytes_field(ref[1])})
+        modules = self.modules.capture(encoder)
         return {
             "format": document.FORMAT, "version": document.VERSION,
             "created_by": document.producer(),
@@ -468,6 +472,7 @@ class ProgramHost:
             "globals": globals_ref, "timers": timers, "subscriptions": subscriptions,
             "messages": messages, "seen": dict(self._last_seen),
             "shapes": encoder.shapes, "objects": encoder.objects,
+            **({"modules": modules} if modules else {}),
         }
 
     @classmethod
@@ -505,11 +510,16 @@ class ProgramHost:
         if type(globals_index) is not int or not 0 <= globals_index < len(objects) \
                 or objects[globals_index].get("t") != "dict":
             raise RestoreError("corrupt snapshot: 'globals' does not refer to a dict")
+        modules = doc.get("modules", {})
+        self.modules.prepare(modules)
         decoder = GraphDecoder(objects, self._sites, self.globals,
-                               {"things": self.api, "builtins": self._builtins},
-                               presets={globals_index: self.globals}, shapes=doc["shapes"])
+                               {"things": self.api, "builtins": self._builtins,
+                                **self.modules.runtime_objects()},
+                               presets={globals_index: self.globals}, shapes=doc["shapes"],
+                               own_module=self.modules.get)
         decoder.decode()
         value = decoder.value
+        self.modules.load(modules, value)
         for item in doc["timers"]:
             period = item["period"]
             timer = _Timer(int(item["id"]), value(item["callback"]), tuple(value(item["args"])),

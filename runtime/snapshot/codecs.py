@@ -123,6 +123,22 @@ _simple("range", range, lambda r: [r.start, r.stop, r.step], lambda a: range(*a)
 _simple("slice", slice, lambda s: (s.start, s.stop, s.step), lambda a: slice(*a))
 _simple("re.Pattern", re.Pattern, lambda p: [p.pattern, p.flags], lambda a: re.compile(*a))
 
+
+
+def _context_state(c: decimal.Context) -> dict:
+    return {"prec": c.prec, "rounding": c.rounding, "Emin": c.Emin, "Emax": c.Emax,
+            "capitals": c.capitals, "clamp": c.clamp,
+            "flags": [s.__name__ for s, on in c.flags.items() if on],
+            "traps": [s.__name__ for s, on in c.traps.items() if on]}
+
+
+def _context(state: dict) -> decimal.Context:
+    signals = {k: [getattr(decimal, name) for name in state[k]] for k in ("flags", "traps")}
+    return decimal.Context(**{**state, **signals})
+
+
+_simple("decimal.Context", decimal.Context, _context_state, _context)
+
 # --- datetime ------------------------------------------------------------------------
 _simple("datetime.timedelta", dt.timedelta, lambda d: [d.days, d.seconds, d.microseconds],
         lambda a: dt.timedelta(days=a[0], seconds=a[1], microseconds=a[2]))
@@ -171,6 +187,15 @@ register_codec(Codec("types.SimpleNamespace", types.SimpleNamespace,
 # --- random ------------------------------------------------------------------------------
 register_codec(Codec("random.Random", random.Random, lambda r: (None, r.getstate()),
                      lambda _: random.Random(), lambda r, state: r.setstate(state)))
+
+
+def _system_random(gauss_next: float | None) -> random.SystemRandom:
+    made = random.SystemRandom()
+    made.gauss_next = gauss_next  # its only state: the second value of the last gauss()
+    return made
+
+
+_simple("random.SystemRandom", random.SystemRandom, lambda r: r.gauss_next, _system_random)
 
 #: codecs whose objects carry functions made at class-creation time (see decoder)
 DESCRIPTOR_CODECS = frozenset({"property", "staticmethod", "classmethod",

@@ -18,7 +18,7 @@ import importlib
 import sys
 import types
 from array import array
-from typing import Any
+from typing import Any, Callable
 
 from .codecs import DESCRIPTOR_CODECS, codec_by_name
 from .encoder import PACKED, PROGRAM_MODULE, is_program_class, resolve, solid_base
@@ -31,6 +31,8 @@ _FILLED = frozenset({"list", "dict", "set", "cell", "func", "class", "obj", "exc
 _HASHED = frozenset({"dict", "set"})
 _NATIVE_LITTLE = sys.byteorder == "little"
 _FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+#: library names a newer Python writes, as an older one knows them
+_OLDER_NAMES = {("enum", "EnumType"): ("enum", "EnumMeta")}
 
 
 class _CreationCycle(RestoreError):
@@ -68,6 +70,7 @@ class GraphDecoder:
         runtime_objects: dict[str, Any],
         presets: dict[int, Any] | None = None,
         shapes: list[list[str]] | None = None,
+        own_module: Callable[[str], Any] | None = None,
     ) -> None:
         if not isinstance(entries, list):
             raise RestoreError("corrupt snapshot: 'objects' is not a list")
@@ -75,6 +78,8 @@ class GraphDecoder:
         self.sites = sites
         self.globals = program_globals
         self.runtime_objects = runtime_objects
+        #: the program's own copy of a module (e.g. random), for snapshots that name it
+        self.own_module = own_module
         self.objects: list[Any] = [_MISSING] * len(entries)
         self._filled = [False] * len(entries)
         self._materializing: set[int] = set()
@@ -345,10 +350,13 @@ class GraphDecoder:
         if t == "getattr":
             return getattr(value(entry["obj"]), entry["name"])
         if t == "module":
-            return _import_module(entry["name"])
+            own = self.own_module(entry["name"]) if self.own_module is not None else None
+            return own if own is not None else _import_module(entry["name"])
         if t == "import":
             _import_module(entry["module"])
             obj = resolve(entry["module"], entry["qualname"])
+            if obj is None and (entry["module"], entry["qualname"]) in _OLDER_NAMES:
+                obj = resolve(*_OLDER_NAMES[entry["module"], entry["qualname"]])
             if obj is None:
                 raise RestoreError(f"{entry['module']}.{entry['qualname']} is needed by the "
                                    "snapshot but does not exist here")

@@ -8,7 +8,12 @@ Layout (version 1)::
      "status": "Running" | "Paused", "time": <program clock>,
      "loop": {"next_seq", "next_timer_id", "events_run"},
      "globals": <ref>, "timers": [...], "subscriptions": [...], "messages": [...],
-     "shapes": [[key, ...], ...], "objects": [<entry>, ...]}
+     "shapes": [[key, ...], ...], "objects": [<entry>, ...],
+     "modules": {"random": {"seed": <int> | "state": <ref>, "changed": {...},
+                            "removed": [...]}}}
+
+``modules`` (optional) is the hidden state of the program's own copies of stateful
+standard modules (see ``modules.py``); a snapshot without it restores as before.
 
 Files may be gzip-compressed; ``loads`` recognises both.
 """

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .codecs import codec_for_type
 from .errors import CaptureError
+from .modules import interpreter_wide
 from .sites import SiteIndex
 
 #: ``__module__`` of everything a program defines (classes, functions).
@@ -93,6 +94,8 @@ class GraphEncoder:
         self._module_index: dict[int, tuple[str, str]] | None = None
         self.shapes: list[list[str]] = []  # key lists shared by dicts and instances
         self._shape_ids: dict[tuple, int] = {}
+        self._refused = interpreter_wide()  # id -> (what, hint): process-wide state
+        self.modules_used: set[str] = set()  # modules the graph refers to (state checks)
 
     # ---------------------------------------------------------------- public
     def encode_root(self, obj: Any, path: str) -> Any:
@@ -149,6 +152,9 @@ class GraphEncoder:
         name = self.runtime_refs.get(id(obj))
         if name is not None:
             return {"t": "rt", "name": name}
+        refused = self._refused.get(id(obj))
+        if refused is not None:
+            raise self.fail(i, *refused)
         if cls is list:
             return self._list(obj, i)
         if cls is dict:
@@ -179,6 +185,7 @@ class GraphEncoder:
             return {"t": "method", "func": ref(obj.__func__, i, "attr", "__func__"),
                     "self": ref(obj.__self__, i, "attr", "__self__")}
         if cls is types.ModuleType:
+            self.modules_used.add(obj.__name__)
             return {"t": "module", "name": obj.__name__}
         codec = codec_for_type(cls)
         if codec is not None:
@@ -395,6 +402,7 @@ class GraphEncoder:
             raise
         except Exception as exc:
             raise self.fail(i, f"{codec.name} could not be encoded: {exc}") from exc
+        self.modules_used.add(type(obj).__module__)
         entry = {"t": "codec", "codec": codec.name, "args": self.ref(args, i, "args", None)}
         if state is not None:
             entry["state"] = self.ref(state, i, "state", None)
@@ -408,9 +416,11 @@ class GraphEncoder:
             module = obj.__objclass__.__module__
         if isinstance(module, str) and isinstance(qualname, str) \
                 and module != PROGRAM_MODULE and resolve(module, qualname) is obj:
+            self.modules_used.add(module)
             return {"t": "import", "module": module, "qualname": qualname}
         found = self._find_in_modules(obj)
         if found is not None:
+            self.modules_used.add(found[0])
             return {"t": "import", "module": found[0], "qualname": found[1]}
         cls = type(obj)
         what = cls.__name__ if cls.__module__ == "builtins" else \
