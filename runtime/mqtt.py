@@ -49,8 +49,10 @@ says why meanwhile).
 ``connect()`` starts a *fresh* persistent session (``fresh_session=True``): before the first
 connection a short clean-session connection with the same client id discards whatever an
 earlier life of this client id left on the broker, so a restarted engine does not replay
-commands queued for its previous life.  (This is the simulator's model: a session lives
-from ``connect()`` to ``disconnect()``.)
+commands queued for its previous life.  The real connection waits (at most 1 s) until the
+broker has closed that purge connection: a broker still closing it would take the session
+over from it (amqtt then stops delivering to the new connection).  (This is the
+simulator's model: a session lives from ``connect()`` to ``disconnect()``.)
 
 **Delivery.**  QoS 1 is kept by paho until the broker acknowledges it, across connection
 losses, and is (re)sent after the re-subscriptions on reconnect; QoS 1 published before
@@ -88,6 +90,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
 import ssl
 import threading
@@ -516,7 +519,15 @@ class MqttTransport:
                 if temp.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                     break
             if answer and not answer[0].is_failure:
+                # paho closes its socket as soon as DISCONNECT is written: keep our own
+                # descriptor of the connection and wait for the broker to close it, i.e.
+                # to have processed the DISCONNECT.  Connecting again before that makes
+                # the broker take over a session it is still closing (amqtt then marks
+                # the new connection disconnected and stops delivering to it).
+                watch = _dup(temp.socket())
                 temp.disconnect()
+                if watch is not None:
+                    _wait_eof(watch, min(1.0, self.connect_timeout))
                 return True
             return bool(answer)  # refused: the real connection will say why
         except OSError as exc:
@@ -787,6 +798,31 @@ def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):  # not a TCP socket (e.g. a Unix socket)
         pass
+
+
+def _dup(sock: Any) -> socket.socket | None:
+    """A plain socket on a new descriptor of ``sock``'s connection (TLS or not), or None."""
+    try:
+        return socket.socket(fileno=os.dup(sock.fileno()))
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _wait_eof(sock: socket.socket, timeout: float) -> None:
+    """Read and discard until the peer closes the connection (at most ``timeout`` s)."""
+    deadline = _monotonic() + timeout
+    try:
+        while True:
+            left = deadline - _monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:  # timed out or reset: either way, done waiting
+        pass
+    finally:
+        sock.close()
 
 
 def _current_loop() -> asyncio.AbstractEventLoop:
