@@ -38,6 +38,7 @@ from . import protocol as p
 from .clock import AsyncioClock
 from .engine import CodeEngine
 from .isolation import process_factory
+from .journal import FileJournal, MemoryJournal
 
 log = logging.getLogger("thingssim.worker")
 
@@ -64,6 +65,11 @@ class WorkerConfig:
     max_callback_s: float | None = 30.0  # longer callbacks are interrupted (crash)
     snapshot_key: str | None = None  # shared secret: only signed snapshots are restored
     migrate_peers: list[str] | None = None  # engines allowed to migrate here (see below)
+    #: where the engine's journal lives (migration decisions, owned programs): with it, a
+    #: restarted worker answers for migrations it committed and reports its lost programs
+    state_dir: str | None = None
+    fence_s: float = 10.0  # cut off this long: pause programs until ownership is confirmed
+    lease_s: float = 30.0  # a prepared (migrating-in) copy not committed by then is dropped
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerConfig:
@@ -129,7 +135,10 @@ class WorkerConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise fail(f"{name} must be a string, not {value!r}")
-        for name in ("memory_limit", "keepalive", "request_timeout"):
+        if self.state_dir is not None and (not isinstance(self.state_dir, str)
+                                           or not self.state_dir):
+            raise fail(f"state_dir must be a directory name, not {self.state_dir!r}")
+        for name in ("memory_limit", "keepalive", "request_timeout", "fence_s", "lease_s"):
             _positive(fail, name, getattr(self, name))
         for name in ("resource_period", "program_memory_limit_mb", "max_callback_s"):
             if getattr(self, name) is not None:
@@ -157,6 +166,21 @@ class WorkerConfig:
         if self.migrate_peers is not None:
             return list(self.migrate_peers)
         return None if self.snapshot_key else []
+
+
+def open_journal(config: WorkerConfig) -> MemoryJournal:
+    """The engine's journal: a file in ``state_dir`` (kept across restarts), else memory."""
+    if config.state_dir is None:
+        return MemoryJournal()
+    directory = Path(config.state_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return FileJournal(directory / f"{config.id}.journal.json")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"state_dir {directory}: cannot use it ({exc.strerror or exc})") \
+            from None
 
 
 def _positive(fail: Any, name: str, value: Any, alternative: str = "") -> None:
@@ -240,7 +264,9 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
                         if config.isolate else None,
                         snapshot_key=config.snapshot_key.encode("utf-8")
                         if config.snapshot_key else None,
-                        migrate_peers=config.accepted_migrate_peers())
+                        migrate_peers=config.accepted_migrate_peers(),
+                        journal=open_journal(config), fence_s=config.fence_s,
+                        lease_s=config.lease_s)
     if not config.snapshot_key and not config.accepted_migrate_peers():
         log.warning("engine %s refuses every migration to it (error 'forbidden'): give the "
                     "workers a shared snapshot_key (provision.sh does), or list the engines "
@@ -305,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1  # a user error (argparse's usage errors exit 2)
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except ConfigError as exc:  # found while starting (an unusable state_dir)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
