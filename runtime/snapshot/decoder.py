@@ -29,6 +29,7 @@ _MISSING = object()
 _EMPTY = {"list": list, "dict": dict, "set": set, "cell": types.CellType}
 _FILLED = frozenset({"list", "dict", "set", "cell", "func", "class", "obj", "exception"})
 _HASHED = frozenset({"dict", "set"})
+_FUNC_FILLED = ("defaults", "kwdefaults", "dict", "annotations", "doc", "module")
 _NATIVE_LITTLE = sys.byteorder == "little"
 _FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 #: library names a newer Python writes, as an older one knows them
@@ -88,6 +89,7 @@ class GraphDecoder:
         self.presets = presets or {}
         #: (class, its captured ``__init_subclass__``), installed once every class exists
         self._init_subclass: list[tuple[type, Any]] = []
+        self._registered: list[tuple[type, list]] = []  # ABCs and their register()ed classes
         for index, obj in self.presets.items():
             self.objects[index] = obj
 
@@ -104,9 +106,9 @@ class GraphDecoder:
         self._fill_all(range(len(self.entries)))
         for cls, hook in self._init_subclass:
             type.__setattr__(cls, "__init_subclass__", hook)
-        for index, entry in enumerate(self.entries):
-            for sub in entry.get("registered", ()) if entry["t"] == "class" else ():
-                abc.ABCMeta.register(self.objects[index], self.value(sub))
+        for cls, registered in self._registered:
+            for sub in registered:
+                abc.ABCMeta.register(cls, self.value(sub))
 
     def _fill_all(self, indices: Any) -> None:
         late = []
@@ -194,6 +196,10 @@ class GraphDecoder:
             entry = self._entry(index)
             if state.get(index) == 1:
                 stack.pop()
+                if entry["t"] != "class" and entry["t"] != "codec":
+                    self.objects[index] = self._guard(index, entry, self._create)
+                    continue
+                # classes and codecs prepare parts of theirs first, which may need others
                 if index in self._creating:  # reached again while preparing its own parts
                     raise _CreationCycle(f"corrupt snapshot: creation cycle at objects[{index}]")
                 self._creating.add(index)
@@ -247,8 +253,9 @@ class GraphDecoder:
             entry = self._entry(index)
             if entry["t"] != "func" or self._filled[index]:
                 continue
+            parts = [entry[k] for k in _FUNC_FILLED if k in entry]
             try:
-                for dep in _all_refs(entry):
+                for dep in _all_refs(parts) if parts else ():
                     if not 0 <= dep < len(self.entries):
                         raise RestoreError(f"corrupt snapshot: objects[{index}] refers to "
                                            f"{dep}")
@@ -410,7 +417,8 @@ class GraphDecoder:
         # Class creation runs no program code at restore: what the program's metaclass and
         # ``__init_subclass__`` did is already in the snapshot (class attributes,
         # registries), and running them again would repeat their side effects.
-        native = next(m for m in meta.__mro__ if not is_program_class(m))
+        native = meta if meta is type else next(m for m in meta.__mro__
+                                                if not is_program_class(m))
         ns = native.__prepare__(entry["name"], bases)  # e.g. the member table of an Enum
         ns["__module__"] = PROGRAM_MODULE
         ns["__qualname__"] = entry["qualname"]
@@ -449,6 +457,8 @@ class GraphDecoder:
             cls = dataclasses.dataclass(**spec["params"])(cls)
         if hook is not None:
             self._init_subclass.append((cls, hook))
+        if "registered" in entry:
+            self._registered.append((cls, entry["registered"]))
         return cls
 
     # ---------------------------------------------------------------- phase 2
