@@ -220,6 +220,31 @@ def test_program_metaclass_is_not_run_again_at_restore():
     assert out.count("made A") == 1 and out.count("made B") == 1
 
 
+def test_descriptor_set_name_is_not_run_again_at_restore():
+    out = same_at_every_split("""
+        class Field:
+            declared = []
+            def __set_name__(self, owner, name):
+                self.name = name
+                Field.declared.append(f"{owner.__name__}.{name}")
+                print("declared", name)
+            def __get__(self, obj, owner=None):
+                return self if obj is None else obj.__dict__.get(self.name, 0) * 10
+            def __set__(self, obj, value):
+                obj.__dict__[self.name] = value
+        class Model:
+            x = Field()
+            y = Field()
+        m = Model()
+        def tick(i):
+            m.x = i
+            print(i, m.x, m.y, Field.declared, Model.x.name)
+        for i in range(3):
+            things.set_timeout(tick, i + 1, i)
+    """)
+    assert out.splitlines()[:2] == ["declared x", "declared y"] and out.count("declared") == 2
+
+
 def test_abstract_methods_and_registered_virtual_subclasses_survive():
     """ABCMeta computes __abstractmethods__ from the methods it is made with, and keeps
     ``register()``ed classes outside the class dict: both must come back."""

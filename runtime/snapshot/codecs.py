@@ -124,7 +124,6 @@ _simple("slice", slice, lambda s: (s.start, s.stop, s.step), lambda a: slice(*a)
 _simple("re.Pattern", re.Pattern, lambda p: [p.pattern, p.flags], lambda a: re.compile(*a))
 
 
-
 def _context_state(c: decimal.Context) -> dict:
     return {"prec": c.prec, "rounding": c.rounding, "Emin": c.Emin, "Emax": c.Emax,
             "capitals": c.capitals, "clamp": c.clamp,

@@ -163,6 +163,8 @@ def check_module_state(modules_used: set[str]) -> None:
     if "decimal" in modules_used and "decimal" in sys.modules:
         import decimal
 
+        # settings only: flags are the sticky status of earlier operations, set by
+        # ordinary arithmetic, and a new thread's context starts from DefaultContext
         current, default = decimal.getcontext(), decimal.DefaultContext
         changed = [f"{name}={getattr(current, name)!r}" for name in _DECIMAL_SETTINGS
                    if getattr(current, name) != getattr(default, name)]
