@@ -3,7 +3,10 @@
 - ``broker``: a fresh Mosquitto (or amqtt when Mosquitto is missing) on a free loopback
   port, one per test module; skips with the reason if neither is installed.
 - ``broker_factory``: ``broker_factory(config={...})`` starts more brokers (e.g. with
-  persistence, for restart tests); all are stopped after the test.
+  persistence, for restart tests); all are stopped after the test.  Without Mosquitto,
+  a config that amqtt cannot serve (passwords, ACLs, persistence, extra lines) skips.
+- ``needs_mosquitto(why)``: a mark for tests of what only Mosquitto does; without it they
+  skip with one line naming what to install and why (``AMQTT_*`` below say why).
 - ``auth_broker``: Mosquitto with passwords and an ACL (anonymous clients refused):
   ``dispatcher`` may publish anywhere, including the command topics ``+/cmd`` and
   ``+/+/cmd``; ``engine`` may read everything and publish the engines' reports, replies,
@@ -27,6 +30,7 @@ from typing import Any, Callable
 import pytest
 
 from thingssim.broker import (
+    MOSQUITTO_ONLY,
     BrokerError,
     BrokerHandle,
     amqtt_available,
@@ -35,8 +39,20 @@ from thingssim.broker import (
     start_broker,
 )
 
-__all__ = ["AUTH_ACL", "AUTH_USERS", "EventLoopThread", "auth_broker", "broker",
-           "broker_factory", "event_loop_thread", "require_broker", "require_mosquitto"]
+__all__ = ["AMQTT_NO_KEEPALIVE", "AMQTT_NO_OFFLINE_QUEUE", "AMQTT_ONE_COPY_PER_FILTER",
+           "AUTH_ACL", "AUTH_USERS", "EventLoopThread", "auth_broker", "broker",
+           "broker_factory", "event_loop_thread", "mosquitto_reason", "needs_mosquitto",
+           "require_broker", "require_mosquitto"]
+
+INSTALL_MOSQUITTO = "apt-get install mosquitto"
+# What the amqtt fallback (0.12) does differently, checked against its source and on it:
+#: MQTT 3.1.1 lets a broker send a copy per matching subscription; Mosquitto sends one
+AMQTT_ONE_COPY_PER_FILTER = ("amqtt delivers one copy per overlapping subscription "
+                             "(Mosquitto: one per client)")
+#: amqtt's broker ignores keepalive timeouts: only a closed socket ends a connection
+AMQTT_NO_KEEPALIVE = "amqtt never drops a silent client, so a frozen client's will never comes"
+#: with anonymous access allowed, amqtt counts every session as anonymous and queues nothing
+AMQTT_NO_OFFLINE_QUEUE = "amqtt queues no QoS 1 messages for offline anonymous sessions"
 
 AUTH_USERS = {"dispatcher": "dispatcher-secret", "engine": "engine-secret",
               "guest": "guest-secret"}
@@ -70,14 +86,27 @@ topic write sensors/#
 
 def require_broker() -> None:
     if find_mosquitto() is None and not amqtt_available():
-        pytest.skip("no MQTT broker: install Mosquitto (apt install mosquitto) or amqtt "
+        pytest.skip(f"no MQTT broker: install Mosquitto ({INSTALL_MOSQUITTO}) or amqtt "
                     "(pip install amqtt)")
 
 
-def require_mosquitto() -> None:
+_WHAT = {"password_file": "password files", "acl_file": "ACLs", "persistence": "persistence",
+         "extra": "Mosquitto config lines"}
+
+
+def mosquitto_reason(why: str) -> str:
+    return f"needs Mosquitto ({INSTALL_MOSQUITTO}): {why}"
+
+
+def require_mosquitto(why: str = "the amqtt fallback has no password files, ACLs or "
+                                 "persistence") -> None:
     if find_mosquitto() is None:
-        pytest.skip("needs Mosquitto (apt install mosquitto): the amqtt fallback has no "
-                    "password files, ACLs or persistence")
+        pytest.skip(mosquitto_reason(why))
+
+
+def needs_mosquitto(why: str) -> pytest.MarkDecorator:
+    """Mark a test of something only Mosquitto does: skipped, saying why, without it."""
+    return pytest.mark.skipif(find_mosquitto() is None, reason=mosquitto_reason(why))
 
 
 def _start(**kwargs: Any) -> BrokerHandle:
@@ -100,8 +129,9 @@ def broker_factory():
     started: list[BrokerHandle] = []
 
     def make(**kwargs: Any) -> BrokerHandle:
-        if kwargs.get("config"):
-            require_mosquitto()
+        only = [_WHAT[key] for key in MOSQUITTO_ONLY if (kwargs.get("config") or {}).get(key)]
+        if only:
+            require_mosquitto(f"the amqtt fallback has no {' or '.join(only)}")
         else:
             require_broker()
         handle = _start(**kwargs)
@@ -115,7 +145,7 @@ def broker_factory():
 
 @pytest.fixture(scope="module")
 def auth_broker(tmp_path_factory):
-    require_mosquitto()
+    require_mosquitto("the amqtt fallback has no password files or ACLs")
     folder: Path = tmp_path_factory.mktemp("mqtt-auth")
     password_file = make_password_file(folder / "passwords", AUTH_USERS)
     acl_file = folder / "acl"

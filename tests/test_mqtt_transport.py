@@ -1,8 +1,10 @@
 """MqttTransport and the broker tooling on a real broker (Mosquitto; no mocks).
 
 Transport tests run in both I/O modes (``io="thread"``: paho's network thread, the
-default; ``io="asyncio"``: paho driven by the loop).  Needs Mosquitto (``apt install
-mosquitto``) or amqtt; tests that need passwords, ACLs or persistence need Mosquitto.
+default; ``io="asyncio"``: paho driven by the loop).  Needs Mosquitto (``apt-get install
+mosquitto``) or amqtt; tests of passwords, ACLs, persistence, and of what amqtt does
+differently (a copy per overlapping subscription, no keepalive timeout, no queue for
+offline sessions) are marked and skip without Mosquitto.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ import mqtt_fixtures
 import paho.mqtt.client as mqtt
 import pytest
 from harness import forever_counter
-from mqtt_fixtures import AUTH_USERS, require_broker
+from mqtt_fixtures import (
+    AMQTT_NO_KEEPALIVE,
+    AMQTT_NO_OFFLINE_QUEUE,
+    AMQTT_ONE_COPY_PER_FILTER,
+    AUTH_USERS,
+    needs_mosquitto,
+    require_broker,
+)
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import until
 
 from runtime.clock import AsyncioClock
 from runtime.dispatcher import Dispatcher
@@ -45,14 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 IO_MODES = pytest.mark.parametrize("io", ["thread", "asyncio"])
 
 COUNTER = forever_counter(0.02)
-
-
-async def until(cond, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def transport(url: str, client_id: str, io: str = "thread", **kwargs) -> MqttTransport:
@@ -99,6 +101,7 @@ def test_parse_broker_url():
 
 
 # ====================================================================== pub/sub
+@needs_mosquitto(AMQTT_ONE_COPY_PER_FILTER)
 @IO_MODES
 def test_wildcards_several_handlers_each_once_on_the_loop_thread(broker, io):
     async def main():
@@ -171,41 +174,70 @@ def test_qos1_in_order_and_qos1_published_before_connect(broker, io):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("second", [
+    "#",  # a second handler on the same filter
+    pytest.param("a", marks=needs_mosquitto(AMQTT_ONE_COPY_PER_FILTER)),  # an overlapping one
+])
 @IO_MODES
-def test_retained_messages_on_subscribe_go_to_the_new_handler_only(broker, io):
+def test_retained_messages_on_subscribe_go_to_the_new_handler_only(broker, io, second):
     async def main():
-        pub = transport(broker.url, f"r-pub-{io}", io)
-        sub = transport(broker.url, f"r-sub-{io}", io)
+        base = f"ret-{io}-{'same' if second == '#' else 'overlap'}"
+        pub = transport(broker.url, f"{base}-pub", io)
+        sub = transport(broker.url, f"{base}-sub", io)
+        echoed = []  # the publisher's own copies: the broker has stored what it retains
+        pub.subscribe(f"{base}/+", lambda m: echoed.append((m.topic, m.payload)))
+        pub.subscribe(f"{base}-marker", lambda m: echoed.append((m.topic, m.payload)))
         await connected(pub, sub)
-        pub.publish(f"ret-{io}/a", b"state-a", qos=1, retain=True)
-        pub.publish(f"ret-{io}/b", b"state-b", qos=1, retain=True)
-        first, second, third = [], [], []
-        await asyncio.sleep(0.05)
-        sub.subscribe(f"ret-{io}/#", lambda m: first.append((m.topic[-1], m.payload, m.retain)))
+        retained = [(f"{base}/a", b"state-a"), (f"{base}/b", b"state-b"),
+                    (f"{base}-marker", b"marker")]
+        for topic, payload in retained:
+            pub.publish(topic, payload, qos=1, retain=True)
+        await until(lambda: set(retained) <= set(echoed), what="the retained messages stored")
+        first, later = [], []
+        sub.subscribe(f"{base}/#", lambda m: first.append((m.topic[-1], m.payload, m.retain)))
         await until(lambda: len(first) == 2, what="retained messages")
         assert sorted(first) == [("a", b"state-a", True), ("b", b"state-b", True)]
-        sub.subscribe(f"ret-{io}/#", lambda m: second.append(m.payload))  # same filter
-        sub.subscribe(f"ret-{io}/a", lambda m: third.append(m.payload))  # overlapping
-        await until(lambda: len(second) == 2 and len(third) == 1, what="retained again")
-        pub.publish(f"ret-{io}/a", b"live", qos=1)
-        await until(lambda: third[-1:] == [b"live"], what="live message")
+        sub.subscribe(f"{base}/{second}", lambda m: later.append(m.payload))
+        expected = [b"state-a", b"state-b"] if second == "#" else [b"state-a"]
+        await until(lambda: len(later) == len(expected), what="retained again")
+        pub.publish(f"{base}/a", b"live", qos=1)
+        await until(lambda: later[-1:] == [b"live"], what="live message")
         assert len(first) == 3 and first[-1] == ("a", b"live", False)  # no retained twice
-        assert sorted(second[:2]) == [b"state-a", b"state-b"] and second[2:] == [b"live"]
-        pub.publish(f"ret-{io}/a", b"", qos=1, retain=True)  # clear
-        pub.publish(f"ret-{io}/b", b"", qos=1, retain=True)
-        await asyncio.sleep(0.05)
-        late = []
-        sub.subscribe(f"ret-{io}/+", lambda m: late.append(m))
-        await asyncio.sleep(0.1)
+        assert sorted(later[:-1]) == expected and later[-1:] == [b"live"]
+        for topic in (f"{base}/a", f"{base}/b"):
+            pub.publish(topic, b"", qos=1, retain=True)  # clear
+        await until(lambda: echoed.count((f"{base}/b", b"")) == 1, what="the clearing")
+        late, marker = [], []
+        sub.subscribe(f"{base}/+", lambda m: late.append(m))
+        # the broker sends retained messages subscription by subscription, in order: once
+        # the marker's comes, any for the subscription before would have come
+        sub.subscribe(f"{base}-marker", lambda m: marker.append(m.payload))
+        await until(lambda: marker, what="the marker")
         assert late == []
+        pub.publish(f"{base}-marker", b"", qos=1, retain=True)
         pub.close()
         sub.close()
 
     asyncio.run(main())
 
 
+def _rude_close(broker, name: str) -> None:
+    """A client with a will on ``wills/<name>`` that closes its socket without DISCONNECT."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+    c.will_set(f"wills/{name}", b"dead", qos=1)
+    up = []
+    c.on_connect = lambda *args: up.append(True)
+    c.connect(broker.host, broker.port)
+    deadline = time.monotonic() + 10
+    while not up and time.monotonic() < deadline:
+        c.loop(0.05)
+    assert up, "the rude client did not connect"
+    c.socket().close()
+
+
 def test_clean_disconnect_sends_no_will_and_stops_the_thread(broker):
     async def main():
+        loop = asyncio.get_running_loop()
         watcher = transport(broker.url, "will-watcher")
         wills = []
         watcher.subscribe("wills/#", lambda m: wills.append(m.topic))
@@ -217,8 +249,10 @@ def test_clean_disconnect_sends_no_will_and_stops_the_thread(broker):
             await t.wait_connected(5)
         for t in clients:
             t.disconnect()
-        await asyncio.sleep(0.3)  # an abnormal close would publish the will at once
-        assert wills == []
+        # then an abnormal close: its will comes at once, after the polite ones would have
+        await loop.run_in_executor(None, _rude_close, broker, "rude")
+        await until(lambda: wills, what="the rude client's will")
+        assert wills == ["wills/rude"]
         assert not [th for th in threading.enumerate() if "polite" in th.name]
         watcher.close()
 
@@ -230,51 +264,55 @@ import asyncio, sys
 from runtime.mqtt import MqttTransport
 from runtime.transport import Message
 async def main():
-    url, name, io = sys.argv[1:4]
+    url, name, io, keepalive = sys.argv[1:5]
     t = MqttTransport(url, client_id=name, loop=asyncio.get_running_loop(), io=io)
-    t.connect(will=Message("wills/" + name, b"dead", qos=1), keepalive=1)
+    t.connect(will=Message("wills/" + name, b"dead", qos=1), keepalive=float(keepalive))
     await t.wait_connected(5)
     print("connected", flush=True)
-    await asyncio.sleep(60)
+    await asyncio.sleep(120)
 asyncio.run(main())
 """
 
 
-def test_will_published_when_a_client_process_is_killed_or_frozen(broker):
-    """SIGKILL closes the socket: the will comes at once.  SIGSTOP leaves it open: the
-    broker publishes the will once the client has been silent for 1.5 x keepalive (1 s),
-    but Mosquitto 2.0 only scans keepalives every few seconds (measured: 5.3-5.4 s for a
-    1 s keepalive, 11.4 s for 4 s and for 7 s), hence the wide bound."""
-    async def main():
-        watcher = transport(broker.url, "will-watcher-2")
-        arrived: dict[str, float] = {}
-        watcher.subscribe("wills/#", lambda m: arrived.setdefault(m.topic.split("/")[1],
-                                                                  time.monotonic()))
-        await connected(watcher)
-        procs = {}
-        for name, io in (("killed", "thread"), ("frozen", "asyncio")):
-            procs[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _WILL_CLIENT, broker.url, name, io, cwd=ROOT,
-                stdout=asyncio.subprocess.PIPE)
-        try:
-            for proc in procs.values():
-                line = await asyncio.wait_for(proc.stdout.readline(), 10)
-                assert line.strip() == b"connected"
-            start = time.monotonic()
-            procs["killed"].send_signal(signal.SIGKILL)
-            procs["frozen"].send_signal(signal.SIGSTOP)
-            await until(lambda: "killed" in arrived, 1.5 * 1 + 0.5, "the killed one's will")
-            assert arrived["killed"] - start < 0.5
-            await until(lambda: "frozen" in arrived, 1.5 * 1 + 6.5, "the frozen one's will")
-            assert arrived["frozen"] - start > 1.0
-        finally:
-            for proc in procs.values():
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+async def _will_after(broker, name: str, io: str, keepalive: float, sig: int,
+                      timeout: float) -> None:
+    """Start a client process with a will, send it ``sig``, wait for its will."""
+    watcher = transport(broker.url, f"will-watcher-{name}")
+    arrived = []
+    watcher.subscribe(f"wills/{name}", lambda m: arrived.append(m.payload))
+    await connected(watcher)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WILL_CLIENT, broker.url, name, io, str(keepalive), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line.strip() == b"connected"
+        proc.send_signal(sig)
+        await until(lambda: arrived, timeout, f"the {name} client's will")
+        assert arrived == [b"dead"]
+        if sig == signal.SIGSTOP:  # still there, its socket open: the keepalive expired
+            assert proc.returncode is None
+    finally:
         watcher.close()
+        if proc.returncode is None:
+            proc.kill()  # (a stopped process too)
+        await proc.wait()
 
-    asyncio.run(main())
+
+def test_will_published_when_a_client_process_is_killed(broker):
+    """SIGKILL closes the socket: the broker publishes the will at once -- well before
+    1.5 x keepalive (90 s), so not because the client fell silent."""
+    asyncio.run(_will_after(broker, "killed", "thread", keepalive=60, sig=signal.SIGKILL,
+                            timeout=20))
+
+
+@needs_mosquitto(AMQTT_NO_KEEPALIVE)
+def test_will_published_when_a_client_process_is_frozen(broker):
+    """SIGSTOP leaves the socket open: the broker publishes the will once the client has
+    been silent for 1.5 x keepalive (1 s), but Mosquitto 2.0 only scans keepalives every
+    few seconds (measured: 5.3-5.4 s for a 1 s keepalive, 11.4 s for 4 s and for 7 s)."""
+    asyncio.run(_will_after(broker, "frozen", "asyncio", keepalive=1, sig=signal.SIGSTOP,
+                            timeout=30))
 
 
 # ====================================================================== outages
@@ -338,9 +376,7 @@ def test_unreachable_broker_is_retried_until_it_comes_and_close_is_prompt(io):
             assert ups == [True] and t.connect_error is None
             b.kill()
             await until(lambda: not t.connected, what="the loss")
-            start = time.monotonic()
-            t.close()  # while it keeps trying to reconnect
-            assert time.monotonic() - start < 1.0
+            t.close()  # while it keeps trying to reconnect: the thread ends (no timeout)
             assert ups == [True, False] and t.state == "idle"
             assert not [th for th in threading.enumerate() if f"early-{io}" in th.name]
         finally:
@@ -360,8 +396,7 @@ def test_persistent_session_gets_qos1_published_by_others_during_an_outage(broke
         pub = transport(b.url, f"ppub-{io}", io)
         got = []
         sub.subscribe("p/#", lambda m: got.append(m.payload), qos=1)
-        await connected(sub, pub)
-        await asyncio.sleep(0.05)  # the SUBSCRIBE is in the session before the restart
+        await connected(sub, pub)  # after the SUBACKs: the subscription is in the session
         await loop.run_in_executor(None, b.restart, 0.3)  # a clean stop saves the sessions
         sent = [f"m{i}".encode() for i in range(10)]
         for payload in sent:
@@ -373,15 +408,18 @@ def test_persistent_session_gets_qos1_published_by_others_during_an_outage(broke
     asyncio.run(main())
 
 
+@needs_mosquitto(AMQTT_NO_OFFLINE_QUEUE)
 def test_fresh_session_drops_what_an_earlier_life_left(broker):
     """A restarted engine must not replay commands queued for its previous life."""
     def earlier_life(client_id: str) -> None:
         old = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                           protocol=mqtt.MQTTv311, clean_session=False)
+        subscribed = threading.Event()
+        old.on_subscribe = lambda *args: subscribed.set()
         old.connect(broker.host, broker.port)
         old.loop_start()
         old.subscribe("life/#", 1)
-        time.sleep(0.1)
+        assert subscribed.wait(10), "no SUBACK"
         old.disconnect()
         old.loop_stop()
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id + "-pub")
@@ -400,8 +438,10 @@ def test_fresh_session_drops_what_an_earlier_life_left(broker):
             got = []
             t.subscribe("life/#", lambda m, got=got: got.append(m.payload), qos=1)
             await connected(t)
-            await asyncio.sleep(0.2)
-            results[fresh] = got
+            # what the session kept comes right after CONNACK: before our own marker
+            t.publish(f"life/{name}/marker", b"marker", qos=1)
+            await until(lambda got=got: b"marker" in got, what="the marker")
+            results[fresh] = got[:-1]
             t.close()
         assert results == {True: [], False: [b"stale"]}
 
@@ -416,11 +456,10 @@ def test_ten_megabyte_payload_round_trip(broker, io):
         t.subscribe("big/x", lambda m: got.append(m.payload), qos=1)
         await connected(t)
         payload = os.urandom(10 * 1024 * 1024)
-        start = time.perf_counter()
         t.publish("big/x", payload, qos=1)
-        await until(lambda: got, 20, "the 10 MB message")
+        await until(lambda: got, 60, "the 10 MB message")
+        assert len(got) == 1
         assert hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
-        assert time.perf_counter() - start < 10
         t.close()
 
     asyncio.run(main())
@@ -439,7 +478,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 @IO_MODES
 def test_tls(broker_factory, tmp_path, io):
     cert, key = _self_signed(tmp_path)
-    b = broker_factory(config={"extra": [f"certfile {cert}", f"keyfile {key}"]})
+    b = broker_factory(config={"certfile": str(cert), "keyfile": str(key)})
     url = b.url.replace("mqtt://", "mqtts://")
 
     async def main():
@@ -522,11 +561,19 @@ def test_anonymous_clients_cannot_publish_commands_where_anonymous_is_allowed(
         disp.subscribe("#", lambda m: seen.append(m.payload))
         anon.subscribe("#", lambda m: seen.append(b"anon read " + m.payload))
         await connected(anon, disp)
+        disp.publish("barrier/anon", b"barrier", qos=1, retain=True)
+        await until(lambda: b"barrier" in seen, what="the barrier stored")
         anon.publish("e1/cmd", b"anonymous", qos=1)
-        await asyncio.sleep(0.2)
-        disp.publish("e1/cmd", b"dispatcher", qos=1)
-        await until(lambda: b"anon read dispatcher" in seen, what="the dispatcher's command")
+        # the broker handles anon's packets in order: when the retained message of this
+        # later SUBSCRIBE comes back, it has dropped or routed the command before it
+        passed = []
+        anon.subscribe("barrier/anon", passed.append)
+        await until(lambda: passed, what="anon's barrier")
+        disp.publish("e1/cmd", b"dispatcher", qos=1)  # comes after any copy of anon's
+        await until(lambda: b"dispatcher" in seen and b"anon read dispatcher" in seen,
+                    what="the dispatcher's command")
         assert b"anonymous" not in seen and b"anon read anonymous" not in seen
+        disp.publish("barrier/anon", b"", qos=1, retain=True)
         anon.close()
         disp.close()
 
@@ -548,22 +595,29 @@ def test_engines_and_dispatcher_on_real_mqtt_migrate_a_counter(broker, io):
         started = await d.run_code(names[0], "counter", COUNTER)
         iid = started["id"]
         assert started["engine"] == names[0] and started["status"] == "Running"
+
+        async def count_on(more: int) -> None:  # let the counter print ``more`` lines
+            console = d.programs[iid].console
+            goal = len(console) + more
+            await until(lambda: len(console) >= goal, what=f"{goal} console lines")
+
         hops = []
         for src, dst in (names, names[::-1], names):
-            await asyncio.sleep(0.15)
+            await count_on(4)
             moved = await d.move_code(src, dst, "counter", iid)
             assert moved["engine"] == dst and moved["migration"]["ok"]
             hops.append(moved["migration"])
             assert iid in engines[dst].programs and iid not in engines[src].programs
-        await asyncio.sleep(0.15)
+        await count_on(4)
         assert await d.pause_code(iid) == "Paused"
         program = d.programs[iid]
         await until(lambda: program.status == "Paused", what="the program report")
         numbers = [int(x) for x in program.console if x.isdigit()]
         assert numbers == list(range(len(numbers))) and len(numbers) >= 15, numbers
         assert program.engine == names[1]
-        assert all(h["snapshot_bytes"] > 0 and h["total_s"] < 2 for h in hops)
-        assert d.engines[names[0]].resource is not None  # resource reports flow too
+        assert all(h["snapshot_bytes"] > 0 for h in hops)
+        await until(lambda: d.engines[names[0]].resource is not None,
+                    what="a resource report")  # resource reports flow too
         for engine in engines.values():
             engine.stop()
         await until(lambda: all(d.engines[n].status == "dead" for n in names),

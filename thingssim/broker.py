@@ -15,12 +15,19 @@ foreground.
 - ``allow_anonymous`` (default: True unless a ``password_file`` is given);
 - ``password_file``: Mosquitto's format (see :func:`make_password_file`);
 - ``acl_file``: Mosquitto's ACL format;
+- ``certfile``, ``keyfile`` (PEM): the listener speaks TLS (``mqtts://``);
 - ``persistence`` (default False): sessions, queued QoS 1 and retained messages survive
   :meth:`BrokerHandle.restart` (Mosquitto saves them on a clean stop);
 - ``max_queued_messages`` (Mosquitto's default 1000): QoS 1 kept per offline session;
 - ``extra``: further Mosquitto config lines.
 
-amqtt supports only ``allow_anonymous``: the other keys raise :class:`BrokerError`.
+amqtt supports ``allow_anonymous``, ``certfile`` and ``keyfile`` (it ignores
+``max_queued_messages``); the other keys (:data:`MOSQUITTO_ONLY`) raise
+:class:`BrokerError`.  amqtt 0.12 also differs from Mosquitto where MQTT 3.1.1 leaves
+brokers a choice or where it falls short: it sends a client one copy of a message per
+matching subscription (Mosquitto: one per client), never disconnects a silent client
+(so the will of a frozen one never comes), and, while anonymous clients are allowed
+(every session then counts as anonymous), queues nothing for offline sessions.
 """
 
 from __future__ import annotations
@@ -45,11 +52,13 @@ from typing import Any
 
 import click
 
-__all__ = ["BrokerError", "BrokerHandle", "broker_command", "find_mosquitto",
-           "make_password_file", "start_broker"]
+__all__ = ["MOSQUITTO_ONLY", "BrokerError", "BrokerHandle", "broker_command",
+           "find_mosquitto", "make_password_file", "start_broker"]
 
 _CONFIG_KEYS = {"allow_anonymous", "password_file", "acl_file", "persistence",
-                "max_queued_messages", "extra"}
+                "max_queued_messages", "certfile", "keyfile", "extra"}
+#: config keys only Mosquitto supports (the amqtt fallback refuses them)
+MOSQUITTO_ONLY = ("password_file", "acl_file", "persistence", "extra")
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin", "/usr/bin", "/usr/local/bin")
 _LIVE: set[BrokerHandle] = set()
 
@@ -131,9 +140,13 @@ class BrokerHandle:
         self._wait_ready(timeout)
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop cleanly (SIGTERM: Mosquitto saves its persistence file) and clean up."""
+    def stop(self, timeout: float = 5.0, *, keep_state: bool = False) -> None:
+        """Stop cleanly (SIGTERM: Mosquitto saves its persistence file) and delete the
+        broker's directory, unless ``keep_state``: then ``start()`` resumes from what the
+        broker saved (sessions, queued QoS 1, retained messages), as ``restart()`` does."""
         self._stop_process(signal.SIGTERM, timeout)
+        if keep_state:
+            return
         _LIVE.discard(self)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -221,7 +234,7 @@ class BrokerHandle:
                  "set_tcp_nodelay true"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("user root")  # else Mosquitto drops to 'mosquitto': no access here
-        for key in ("password_file", "acl_file"):
+        for key in ("password_file", "acl_file", "certfile", "keyfile"):
             if cfg.get(key):
                 path = Path(cfg[key]).resolve()
                 if not path.is_file():
@@ -237,14 +250,21 @@ class BrokerHandle:
 
     def _amqtt_command(self) -> list[str]:
         cfg = self.config
-        unsupported = sorted(k for k in ("password_file", "acl_file", "persistence", "extra")
-                             if cfg.get(k))
+        unsupported = sorted(k for k in MOSQUITTO_ONLY if cfg.get(k))
         if unsupported:
             raise BrokerError(f"the amqtt fallback does not support {', '.join(unsupported)}; "
                               f"install Mosquitto (apt install mosquitto)")
         host = f"[{self.host}]" if ":" in self.host else self.host
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{host}:{self.port}"}
+        if cfg.get("certfile") or cfg.get("keyfile"):
+            for key in ("certfile", "keyfile"):
+                path = Path(cfg.get(key) or "").resolve()
+                if not cfg.get(key) or not path.is_file():
+                    raise BrokerError(f"{key} {cfg.get(key)!r} does not exist")
+                listener[key] = str(path)
+            listener["ssl"] = True
         amqtt_config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self.port}"}},
+            "listeners": {"default": listener},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
                         {"allow_anonymous": bool(cfg.get("allow_anonymous", True))}},
         }
