@@ -105,6 +105,7 @@ class Dispatcher:
         t.subscribe(p.ENGINE_REGISTRY, self._on_registry, qos=1)
         t.subscribe(p.ENGINE_STATE_PREFIX + "+", self._on_registry, qos=1)
         t.subscribe(p.PROGRAM_MONITOR, self._on_monitor, qos=1)
+        t.subscribe(p.OWNER_PREFIX + "+", self._on_owner, qos=1)
         if self.config.watch_console:
             t.subscribe("+/+/console", self._on_console, qos=1)
         if self.config.watch_resources:
@@ -368,6 +369,27 @@ class Dispatcher:
         if self._update(program, engine if isinstance(engine, str) else None,
                         report.get("status"), report.get("epoch")):
             program.error = report.get("error", program.error)
+            self._emit("program-monitor-update", program)
+
+    def _on_owner(self, message: Message) -> None:
+        """``program-owner/<instance>`` (retained): who owns each program, even for a
+        dispatcher that connects after its engine died."""
+        if not message.payload:
+            return  # cleared: the program ended
+        try:
+            record = p.decode(message.payload)
+            iid = p.check_name("instance id", message.topic[len(p.OWNER_PREFIX):])
+            engine_id = p.check_name("engine id", record["engine"])
+        except (p.ProtocolError, KeyError, TypeError) as exc:
+            log.warning("ignored malformed owner record on %s: %s", message.topic, exc)
+            return
+        program = self._program_handle(iid, str(record.get("code_name", "?")))
+        status = record.get("status")
+        if status is None and self._is_dead(engine_id) and engine_id in self.engines:
+            status = "Unreachable"
+        if status is None and program.status == "unknown":
+            status = "Running"  # until its engine's report says more
+        if self._update(program, engine_id, status, record.get("epoch")):
             self._emit("program-monitor-update", program)
 
     def _on_console(self, message: Message) -> None:

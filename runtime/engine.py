@@ -310,10 +310,14 @@ class CodeEngine:
         for iid, info in list(self.journal.owned.items()):
             if iid in self.programs:
                 continue
-            self.transport.publish(p.PROGRAM_MONITOR, p.encode(
-                {"code_name": info.get("code_name", "?"), "instance_id": iid,
-                 "status": "Lost", "engine": self.id, "eventName": "reboot",
-                 "epoch": info.get("epoch")}), qos=1)
+            report = {"code_name": info.get("code_name", "?"), "instance_id": iid,
+                      "status": "Lost", "engine": self.id, "eventName": "reboot",
+                      "epoch": info.get("epoch")}
+            self.transport.publish(p.PROGRAM_MONITOR, p.encode(report), qos=1)
+            # the owner record keeps saying so, for dispatchers that connect later
+            self.transport.publish(p.owner_topic(iid), p.encode(
+                {"engine": self.id, "epoch": info.get("epoch"), "code_name":
+                 info.get("code_name", "?"), "status": "Lost"}), qos=1, retain=True)
             self.journal.disown(iid)
 
     # ================================================================ reports

@@ -327,3 +327,21 @@ def test_programs_csv_says_lost_when_the_only_copy_died(reboot):
         "faults": [fault],
     }).run()
     assert list(results.programs["status"]) == ["Lost"]
+
+
+@pytest.mark.parametrize("reboot", [False, True])
+def test_a_dispatcher_connecting_later_still_sees_the_lost_program(reboot):
+    """``dispatch status`` is a dispatcher that connects after the fact: it learns each
+    program's owner from the retained owner records, so a dead board's program is not
+    forgotten (Unreachable), and Lost once the rebooted board's journal says so."""
+    lab = Checked()
+    lab.after(1.0)
+    lab.world.boards["e0"].crash()
+    lab.after(20.0)
+    if reboot:
+        lab.world.boards["e0"].reboot()
+        lab.after(2.0)
+    late = lab.world.add_dispatcher("late")
+    lab.after(2.0)
+    assert late.programs[lab.iid].status == ("Lost" if reboot else "Unreachable")
+    assert late.programs[lab.iid].engine == "e0"
