@@ -114,6 +114,7 @@ class CodeEngine:
         self._busy: dict[str, str] = {}  # instance id -> migration id (source side)
         self._incoming: dict[str, m.TargetMigration] = {}  # migration id -> prepared copy
         self._prepared: dict[str, str] = {}  # instance id -> migration id (target side)
+        self._incoming_from: dict[str, str] = {}  # migration id -> the source engine
         self._leases: dict[str, Any] = {}
         self._outcomes: OrderedDict[str, dict] = OrderedDict()  # finished, for queries
         self._paused_by_fence: set[str] = set()
@@ -150,8 +151,9 @@ class CodeEngine:
         t.subscribe(p.migrate_topic(self.id, "+"), self._on_migrate_cmd, qos=1)
         t.subscribe(p.ENGINE_REGISTRY_BCAST, self._on_bcast, qos=1)
         t.subscribe(p.PROGRAM_MONITOR_BCAST, self._on_program_bcast, qos=1)
+        # replies from peers come on <id>/reply/<peer> (ACL: +/reply/%u): unforgeable
         self._requester = Requester(t, self.clock, p.engine_topic(self.id, "reply"),
-                                    self.new_id, self.request_timeout)
+                                    self.new_id, self.request_timeout, peers=True)
         will = Message(p.engine_state_topic(self.id),
                        p.encode({"id": self.id, "status": "dead", "eventName": "will"}),
                        qos=1, retain=True)
@@ -618,7 +620,7 @@ class CodeEngine:
             futures.append(self._requester.request(
                 p.migrate_topic(target, self.id), m.RESTORE,
                 {"snapshot": self._signed(doc), "instance_id": copy_id},
-                self.request_timeout))
+                self.request_timeout, peer=target))
         out = self.clock.create_future()
 
         def collected(results_future: Any) -> None:
@@ -635,6 +637,10 @@ class CodeEngine:
     def _cmd_restore_code(self, kwargs: dict, source: str = "?") -> dict:
         doc = p.require(kwargs, "snapshot", dict)
         if self.migrate_peers is not None and source not in self.migrate_peers:
+            if not self.migrate_peers:
+                raise p.ProtocolError(p.FORBIDDEN, f"engine {self.id} accepts no migrations "
+                                      f"(from {source!r} or anyone): give the fleet a shared "
+                                      f"snapshot_key, or list {source!r} in its migrate_peers")
             raise p.ProtocolError(p.FORBIDDEN, f"engine {self.id} accepts migrations only "
                                   f"from {sorted(self.migrate_peers)}, not from {source!r}")
         if self.snapshot_key is not None:
@@ -677,6 +683,7 @@ class CodeEngine:
             epoch = kwargs.get("epoch")
             epoch = epoch if isinstance(epoch, int) and epoch > 0 else 1
             self._incoming[mid] = m.TargetMigration(mid, iid, epoch)
+            self._incoming_from[mid] = source
             self._prepared[iid] = mid
             self.epochs[iid] = epoch
             lease = kwargs.get("lease_s")
@@ -687,8 +694,16 @@ class CodeEngine:
         self._sync_filters()
         return {**self._describe(host), "restore_s": restore_s}
 
+    def _from_source(self, mid: str, source: str | None) -> None:
+        """Only the engine that sent the restore may commit, abort or ask about it."""
+        expected = self._incoming_from.get(mid)
+        if expected is not None and source != expected:
+            raise p.ProtocolError(p.FORBIDDEN, f"migration {mid} belongs to {expected}, "
+                                  f"not {source!r}")
+
     def _cmd_commit(self, kwargs: dict, source: str = "?") -> dict:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        self._from_source(mid, source)
         incoming = self._incoming.get(mid)
         if incoming is None:
             return m.decided_answer(mid, m.presume_abort(self.journal, mid))
@@ -698,6 +713,7 @@ class CodeEngine:
 
     def _cmd_abort(self, kwargs: dict, source: str = "?") -> dict:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        self._from_source(mid, source)
         incoming = self._incoming.get(mid)
         if incoming is None:  # a restore arriving late is refused from now on
             return m.decided_answer(mid, m.presume_abort(self.journal, mid))
@@ -728,6 +744,7 @@ class CodeEngine:
                 answer = dict(out.payload)
         if incoming is not None and incoming.state != m.PREPARED:
             self._incoming.pop(mid, None)
+            self._incoming_from.pop(mid, None)
             self._leases.pop(mid, None)
             host = self.programs.get(incoming.instance_id)
             if host is not None and incoming.state == m.COMMITTED:
@@ -737,6 +754,8 @@ class CodeEngine:
     def _cmd_migration_status(self, kwargs: dict, source: str | None = None) -> dict:
         """Where a migration stands, on either side (by its id)."""
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
+        if source is not None:
+            self._from_source(mid, source)
         if mid in self._incoming:
             return {"state": m.PREPARED, "migration_id": mid}
         outgoing = self._outgoing.get(mid)
@@ -814,10 +833,12 @@ class CodeEngine:
         for out in outputs:
             if isinstance(out, m.Request):
                 mig.ctrls[out.token] = out.ctrl
-                self._requester.request(topic, out.ctrl, out.kwargs, out.timeout) \
+                self._requester.request(topic, out.ctrl, out.kwargs, out.timeout,
+                                        peer=mig.target) \
                     .add_done_callback(lambda f, t=out.token: self._source_reply(mig, t, f))
             elif isinstance(out, m.Notify):
-                self._requester.request(topic, out.ctrl, out.kwargs, self.request_timeout)
+                self._requester.request(topic, out.ctrl, out.kwargs, self.request_timeout,
+                                        peer=mig.target)
             elif isinstance(out, m.Wait):
                 self.clock.call_later(out.delay, lambda t=out.token: self._source_feed(
                     mig, m.TimerFired(t)))

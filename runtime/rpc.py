@@ -43,27 +43,35 @@ def random_ids() -> Callable[[], str]:
 
 
 class Requester:
+    """``peers=True`` also takes replies on ``<reply_topic>/<peer>``: a request made with
+    ``peer=X`` asks for its reply there and accepts it from nowhere else, so a broker ACL
+    granting each client ``+/reply/%u`` only makes replies unforgeable between peers."""
+
     def __init__(self, transport: Transport, clock: Clock, reply_topic: str,
-                 new_id: Callable[[], str] | None = None, timeout: float = 30.0) -> None:
+                 new_id: Callable[[], str] | None = None, timeout: float = 30.0,
+                 peers: bool = False) -> None:
         self.transport = transport
         self.clock = clock
         self.reply_topic = reply_topic
         self.timeout = timeout
         self._new_id = new_id or random_ids()
-        self._pending: dict[str, tuple[FutureLike, Any, str, str]] = {}
+        self._pending: dict[str, tuple[FutureLike, Any, str, str, str | None]] = {}
         transport.subscribe(reply_topic, self._on_reply, qos=1)
+        if peers:
+            transport.subscribe(reply_topic + "/+", self._on_reply, qos=1)
 
     def request(self, topic: str, ctrl: str, kwargs: dict | None = None,
-                timeout: float | None = None) -> FutureLike:
+                timeout: float | None = None, peer: str | None = None) -> FutureLike:
         request_id = self._new_id()
         future = self.clock.create_future()
         wait = self.timeout if timeout is None else timeout
         timer = self.clock.call_at(self.clock.now() + wait,
                                    lambda: self._expire(request_id, wait))
-        self._pending[request_id] = (future, timer, topic, ctrl)
+        self._pending[request_id] = (future, timer, topic, ctrl, peer)
+        reply_to = self.reply_topic if peer is None else f"{self.reply_topic}/{peer}"
         self.transport.publish(topic, protocol.encode(
             {"ctrl": ctrl, "kwargs": kwargs or {}, "request_id": request_id,
-             "reply_to": self.reply_topic}), qos=1)
+             "reply_to": reply_to}), qos=1)
         return future
 
     @property
@@ -84,10 +92,16 @@ class Requester:
         if not isinstance(msg, dict) or not isinstance(msg.get("reply_id"), str):
             log.warning("reply without reply_id on %s", message.topic)
             return
-        entry = self._pending.pop(msg["reply_id"], None)
+        entry = self._pending.get(msg["reply_id"])
         if entry is None:
             return  # a duplicate, or the answer to a request that already timed out
-        future, timer, _, _ = entry
+        sender = message.topic[len(self.reply_topic) + 1:] or None
+        if entry[4] != sender:
+            log.warning("ignored a reply to %s on %s: expected it from %s", entry[3],
+                        message.topic, entry[4] or "the base reply topic")
+            return
+        del self._pending[msg["reply_id"]]
+        future, timer = entry[0], entry[1]
         self.clock.cancel(timer)
         error = msg.get("error")
         if isinstance(error, dict):
@@ -98,6 +112,6 @@ class Requester:
 
     def close(self, reason: str = "requester closed") -> None:
         for request_id in list(self._pending):
-            future, timer, topic, ctrl = self._pending.pop(request_id)
+            future, timer, topic, ctrl, _ = self._pending.pop(request_id)
             self.clock.cancel(timer)
             settle(future, error=RemoteError(protocol.INTERNAL, reason))

@@ -71,6 +71,8 @@ topic write engine-registry/#
 topic write program-monitor
 topic write program-monitor/#
 topic write +/reply
+topic write +/reply/engine
+topic write program-owner/+
 topic write +/migrate/engine
 topic write +/console
 topic write +/resource

@@ -206,7 +206,8 @@ def test_request_timeouts_are_typed():
 
 def test_signed_snapshots_only_when_engines_share_a_key():
     """With snapshot_key set, engines restore only snapshots signed with that key: a
-    client that can reach <engine>/migrate still cannot make a worker run its code."""
+    client that can reach <engine>/migrate/<sender> still cannot make a worker run its
+    code."""
     from runtime.snapshot import document
 
     clock = VirtualClock()
@@ -243,3 +244,44 @@ def test_signed_snapshots_only_when_engines_share_a_key():
                        {"snapshot": document.sign(forged, b"lab-secret")})
     clock.run(until=clock.now() + 0.5)
     assert good.result()["id"] == "evil.1"  # holders of the key can, of course
+
+
+def test_only_the_source_of_a_migration_may_commit_or_abort_it(lab):
+    iid = lab.request("e0", "run_code", code_name="c", source=FOREVER).result()["id"]
+    doc = lab.engines["e0"].programs[iid].snapshot()
+    prepared = lab.rpc.request("e1/migrate/tester", "restore_code",
+                               {"snapshot": doc, "migration_id": "m1", "paused": True,
+                                "epoch": 2, "instance_id": "moved.1"})
+    lab.run(0.2)
+    assert prepared.result()["id"] == "moved.1"
+    for ctrl in ("commit_migration", "abort_migration", "migration_status"):
+        forged = lab.rpc.request("e1/migrate/mallory", ctrl, {"migration_id": "m1"})
+        lab.run(0.2)
+        assert forged.exception().code == p.FORBIDDEN, ctrl
+    done = lab.rpc.request("e1/migrate/tester", "commit_migration",
+                           {"migration_id": "m1", "epoch": 2, "resume": True})
+    lab.run(0.2)
+    assert done.result()["state"] == "committed"
+    assert lab.engines["e1"].programs["moved.1"].status.value == "Running"
+
+
+def test_peer_replies_are_accepted_only_from_that_peer():
+    clock = VirtualClock()
+    broker = MemoryBroker(clock)
+    client, mallory = broker.client("src"), broker.client("mallory")
+    client.connect()
+    mallory.connect()
+    rpc = Requester(client, clock, "src/reply", timeout=5.0, peers=True)
+    fut = rpc.request("tgt/migrate/src", "migration_status", {}, peer="tgt")
+    clock.run(until=0.1)
+    request = json.loads(broker.log[-1].payload)
+    assert request["reply_to"] == "src/reply/tgt"
+    forged = p.encode(p.reply(request["request_id"], {"state": "committed"}))
+    for topic in ("src/reply", "src/reply/mallory"):
+        mallory.publish(topic, forged)
+        clock.run(until=clock.now() + 0.1)
+        assert not fut.done(), topic
+    mallory.publish("src/reply/tgt", p.encode(p.reply(request["request_id"],
+                                                      {"state": "aborted"})))
+    clock.run(until=clock.now() + 0.1)
+    assert fut.result() == {"state": "aborted"}  # (the ACL keeps mallory off this topic)
