@@ -68,6 +68,19 @@ Modelling choices (what an experiment can rely on):
   ``persistence=True`` sessions (subscriptions, queued and unacknowledged QoS 1) and
   retained messages survive, like Mosquitto with persistence, so QoS 1 is never lost;
   with ``persistence=False`` the broker restarts empty.
+- **Fault injection** (for protocol testing; :meth:`Network.intercept`).  An interceptor
+  sees every PUBLISH as it leaves its client (``uplink``), as the broker forwards it to a
+  subscriber (``downlink``, wills included) and as a retained message is handed out on
+  subscribe (``retained``), and decides that copy's fate: deliver, drop (lost for good),
+  duplicate, or delay by some seconds (later messages overtake it: a reordering).  Every
+  decision other than deliver is traced.  Without an interceptor the hot paths pay one
+  ``is None`` test.
+- **Frozen clients** (:meth:`SimTransport.freeze`/``thaw``: a SIGSTOPped process).  A
+  frozen client neither sends nor handles anything; what reaches it waits (unacknowledged)
+  in its socket, and what it is asked to send leaves at ``thaw()``.  The broker hears
+  nothing from it, so after ``1.5 * keepalive`` it closes the connection and publishes the
+  will; a thawed client finds its connection closed and reconnects (its session, with the
+  unacknowledged QoS 1, survives).  Partitions are :meth:`Link.down`/:meth:`Link.up`.
 - **Randomness.** Each link direction has its own ``random.Random`` seeded from
   ``(seed, link name, direction)``: the same seed gives identical traces, and adding a
   link does not change the other links' streams.
@@ -90,13 +103,18 @@ from runtime.transport import ConnectionListener, Message, MessageHandler
 from .clock import SimPyClock, _Call
 
 __all__ = [
+    "DELIVER",
+    "DROP",
+    "DUPLICATE",
     "BrokerProfile",
+    "Interceptor",
     "Link",
     "LinkProfile",
     "Network",
     "SimTransport",
     "PUBLISH_OVERHEAD",
     "TRACE_COLUMNS",
+    "delay",
 ]
 
 #: bytes added to topic + payload for a PUBLISH (fixed header 1, remaining length 2,
@@ -117,6 +135,35 @@ _NORMAL = 1  # simpy.events.NORMAL
 _LOST = -1.0  # _tx results
 _DOWN = -2.0
 _ROUTE_CACHE_LIMIT = 100_000
+
+#: interceptor actions (see :meth:`Network.intercept`); ``delay(seconds)`` is the fourth
+DELIVER = "deliver"
+DROP = "drop"
+DUPLICATE = "duplicate"
+#: ``fn(stage, client_id, topic, payload, qos) -> action``
+Interceptor = Callable[[str, str, str, bytes, int], Any]
+
+
+def delay(seconds: float) -> tuple[str, float]:
+    """The interceptor action "deliver this copy ``seconds`` later"."""
+    seconds = float(seconds)
+    if not seconds >= 0:
+        raise ValueError(f"delay must be >= 0, got {seconds!r}")
+    return ("delay", seconds)
+
+
+def _action(action: Any) -> tuple[str, float]:
+    if action is None or action == DELIVER:
+        return DELIVER, 0.0
+    if action == DROP:
+        return DROP, 0.0
+    if action == DUPLICATE:
+        return DUPLICATE, 0.0
+    if isinstance(action, tuple) and len(action) == 2 and action[0] == "delay":
+        return "delay", float(action[1])
+    raise ValueError(f"interceptor returned {action!r}; expected None, {DELIVER!r}, "
+                     f"{DROP!r}, {DUPLICATE!r} or delay(seconds)")
+
 
 # client states
 IDLE = "idle"
@@ -246,7 +293,7 @@ class Link:
         self.is_up = True
         net._row("link_up", None, None, None, None, None, None, self.name)
         for client in list(self.clients):
-            if client._state is CONNECTED:
+            if client._state is CONNECTED and not client._frozen:
                 net._client_heard(client)
 
     def __repr__(self) -> str:
@@ -280,7 +327,8 @@ class Network:
     """One broker, access links and clients in a SimPy environment.
 
     Faults: :meth:`Link.down`/:meth:`Link.up`, :meth:`SimTransport.vanish`,
-    :meth:`broker_down`/:meth:`broker_up`, callable at any simulated time.
+    :meth:`SimTransport.freeze`/``thaw``, :meth:`broker_down`/:meth:`broker_up`,
+    callable at any simulated time, and message-level faults through :meth:`intercept`.
     """
 
     def __init__(self, env: simpy.Environment, *, seed: int,
@@ -312,6 +360,7 @@ class Network:
         self._ids = count(1)
         self._tokens = count(1)
         self._rows: list[tuple] | None = [] if trace else None
+        self._interceptor: Interceptor | None = None
         # cheap counters, kept even without a trace
         self.published = 0  # publish() calls accepted
         self.delivered = 0  # first copies handed to a client (incl. retained)
@@ -386,6 +435,104 @@ class Network:
         self._broker_up = True
         self._row("broker_up", None, None, None, None, None, None, None)
 
+    # ------------------------------------------------------------------ fault injection
+    def intercept(self, fn: Interceptor | None) -> Interceptor | None:
+        """Install the message-level fault injector ``fn`` (None removes it); returns the
+        previous one.
+
+        ``fn(stage, client_id, topic, payload, qos)`` is called for every PUBLISH copy:
+
+        - ``"uplink"``: when client ``client_id`` publishes it (once per ``publish()``
+          call, also while the client is offline; not for QoS 1 retransmissions);
+        - ``"downlink"``: when the broker routes it to subscriber ``client_id``, at the
+          QoS of that copy (once per routed copy, wills included; not for retransmissions
+          or for copies queued while the subscriber was offline, which were decided when
+          they were routed);
+        - ``"retained"``: when the broker hands a retained message to ``client_id`` on
+          subscribe.
+
+        It returns that copy's fate:
+
+        - ``None`` or :data:`DELIVER`: as usual;
+        - :data:`DROP`: lost for good, never retransmitted (the sender believes it was
+          delivered, as with a broker that acknowledges and discards, e.g. an ACL denial);
+          traced as ``drop`` with detail ``intercept:<stage>``;
+        - :data:`DUPLICATE`: sent twice (on the uplink the broker routes both copies; a
+          subscriber sees the second QoS 1 copy as a ``duplicate``); traced as
+          ``intercept`` with detail ``duplicate:<stage>``;
+        - :func:`delay` ``(seconds)``: sent that much later, so messages sent meanwhile
+          overtake it (a reordering); the usual rules apply then (an offline client
+          queues or drops it, a broker restart loses it).  A delayed uplink message dies
+          with a client that vanishes meanwhile.  Traced as ``intercept`` with detail
+          ``delay:<stage>:<seconds>``.
+
+        ``fn`` runs inside the simulation and must not change it (to inject a crash,
+        schedule it); it must be deterministic (e.g. its own seeded ``random.Random``) for
+        the trace to stay reproducible.  Without an interceptor the hot paths pay one
+        ``is None`` test.
+        """
+        previous, self._interceptor = self._interceptor, fn
+        return previous
+
+    def _intercept_row(self, client_id: str, pub: _Pub, detail: str) -> None:
+        rows = self._rows
+        if rows is not None:
+            rows.append((self.env._now, "intercept", client_id, pub.topic, pub.wire, pub.qos,
+                         pub.id, None, detail))
+
+    def _intercept_up(self, client: SimTransport, pub: _Pub) -> None:
+        """``publish()`` with an interceptor installed."""
+        kind, seconds = _action(self._interceptor("uplink", client.client_id, pub.topic,
+                                                  pub.payload, pub.qos))
+        if kind is DELIVER:
+            client._post(pub, True)
+        elif kind is DROP:
+            self._row("publish", client.client_id, pub.topic, pub.wire, pub.qos, pub.id,
+                      None, None)
+            self._drop(client.client_id, pub, "intercept:uplink")
+        elif kind is DUPLICATE:
+            client._post(pub, True)
+            self._intercept_row(client.client_id, pub, "duplicate:uplink")
+            client._post(pub, False)
+        else:
+            self._row("publish", client.client_id, pub.topic, pub.wire, pub.qos, pub.id,
+                      None, None)
+            self._intercept_row(client.client_id, pub, f"delay:uplink:{seconds:g}")
+            self._at(self.env._now + seconds, self._release_up, client, pub, client._life)
+
+    def _release_up(self, client: SimTransport, pub: _Pub, life: int) -> None:
+        if client._life != life:
+            self._drop(client.client_id, pub, "vanished")
+        else:
+            client._post(pub, False)
+
+    def _intercept_down(self, stage: str, session: _Session, pub: _Pub, qos: int,
+                        target: Any) -> None:
+        """``_forward`` with an interceptor installed."""
+        kind, seconds = _action(self._interceptor(stage, session.client_id, pub.topic,
+                                                  pub.payload, qos))
+        if kind is DELIVER:
+            self._forward(session, pub, qos, target)
+        elif kind is DROP:
+            self._drop(session.client_id, pub, f"intercept:{stage}")
+        elif kind is DUPLICATE:
+            self._forward(session, pub, qos, target)
+            self._intercept_row(session.client_id, pub, f"duplicate:{stage}")
+            self._forward(session, pub, qos, target)
+        else:
+            self._intercept_row(session.client_id, pub, f"delay:{stage}:{seconds:g}")
+            self._at(self.env._now + seconds, self._release_down, session, pub, qos, target,
+                     self._broker_epoch)
+
+    def _release_down(self, session: _Session, pub: _Pub, qos: int, target: Any,
+                      epoch: int) -> None:
+        if epoch != self._broker_epoch:
+            self._drop(session.client_id, pub, "broker_down")
+        elif self._sessions.get(session.client_id) is not session:
+            self._drop(session.client_id, pub, "session_ended")
+        else:
+            self._forward(session, pub, qos, target)
+
     # ------------------------------------------------------------------ results
     def counters(self) -> dict[str, int]:
         """The always-kept counters."""
@@ -406,7 +553,10 @@ class Network:
         ``broker_down``, ``offline``, ``disconnected``, ``queue_full``), ``ack_lost``,
         ``will``, ``connect``, ``connection_lost``, ``timeout`` (the broker gave up on a
         silent client), ``vanish``, ``disconnect``, ``link_down``/``link_up`` (detail: the
-        link), ``broker_down``/``broker_up``.
+        link), ``broker_down``/``broker_up``, ``freeze``/``thaw`` (a client), and
+        ``intercept`` (an interceptor's duplicate or delay; its drops are ``drop`` rows
+        with detail ``intercept:<stage>``; drops also say ``vanished`` or
+        ``session_ended`` for delayed copies whose client is gone).
         """
         import pandas as pd
 
@@ -555,6 +705,11 @@ class Network:
         if targets is None:
             targets = self._compute_routes(topic)
         qos = pub.qos
+        if self._interceptor is not None:
+            for session, sub_qos in targets:
+                self._intercept_down("downlink", session, pub,
+                                     sub_qos if sub_qos < qos else qos, None)
+            return
         for session, sub_qos in targets:
             self._forward(session, pub, sub_qos if sub_qos < qos else qos, None)
 
@@ -687,6 +842,8 @@ class Network:
         session.retry_at = None
         self._control_down(client, CONNACK_BYTES, client._on_connack, (token,),
                            lambda: client._attempt_failed(token))
+        if client._frozen:  # it sent CONNECT and froze: the keepalive clock runs
+            self._client_silent(client, token)
         for pid, entry in list(session.inflight.items()):
             self._resend_down(session, pid, entry)
         queue = session.queue
@@ -747,6 +904,10 @@ class Network:
                 pub = self._retained.get(topic_filter)
                 matching = [pub] if pub is not None else []
             for pub in matching:
+                if self._interceptor is not None:
+                    self._intercept_down("retained", session, pub, min(pub.qos, qos),
+                                         target if target is not None else topic_filter)
+                    continue
                 self._forward(session, pub, min(pub.qos, qos),
                               target if target is not None else topic_filter)
 
@@ -805,8 +966,8 @@ class Network:
 class SimTransport:
     """One MQTT client in the simulated network (the :class:`Transport` interface).
 
-    Besides the interface: ``vanish()`` (crash without a clean disconnect), ``state``
-    and ``link``.
+    Besides the interface: ``vanish()`` (crash without a clean disconnect),
+    ``freeze()``/``thaw()`` (a stopped process), ``state``, ``frozen`` and ``link``.
     """
 
     def __init__(self, network: Network, client_id: str, link: Link) -> None:
@@ -828,6 +989,9 @@ class SimTransport:
         self._outbox: deque[_Pub] = deque()  # QoS 1 published while disconnected
         self._retry_at: float | None = None
         self._retry_gen = 0
+        self._life = 0  # +1 at each vanish(): delayed messages die with their client
+        self._frozen = False
+        self._held: list[tuple[str, tuple]] = []  # what waits for thaw(), in order
 
     # ------------------------------------------------------------------ Transport
     @property
@@ -887,6 +1051,9 @@ class SimTransport:
         now = net.env._now
         pub = _Pub(next(net._ids), topic, payload, qos, bool(retain), now, self.client_id)
         net.published += 1
+        if net._interceptor is not None:
+            net._intercept_up(self, pub)
+            return
         rows = net._rows
         if self._state is CONNECTED:
             if rows is not None:
@@ -968,7 +1135,82 @@ class SimTransport:
         self._listeners.clear()
         self._inflight.clear()
         self._outbox.clear()
+        self._life += 1
+        self._frozen = False
+        self._held.clear()
+        self.__dict__.pop("publish", None)
         net._client_silent(self, None)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Stop the client's process (SIGSTOP; see the module docstring).
+
+        Until :meth:`thaw` nothing is handled (incoming PUBLISHes, CONNACKs, QoS 1
+        retries, keepalive checks and reconnect attempts wait, unacknowledged) and nothing
+        is sent (``publish()`` calls wait).  The broker stops hearing from the client."""
+        if self._frozen or self._state is VANISHED:
+            return
+        net = self.network
+        self._frozen = True
+        self.publish = self._hold_publish  # the class's publish() keeps no frozen test
+        net._row("freeze", self.client_id, None, None, None, None, None, None)
+        if self._state is CONNECTED:
+            net._client_silent(self, self._conn)
+
+    def thaw(self) -> None:
+        """Resume the process: if the broker closed the connection meanwhile (keepalive
+        timeout, broker restart) the client notices now and reconnects; then what waited
+        is handled in order (a closed connection drops what reached it on that connection:
+        the broker resends its QoS 1 on reconnect), and the waiting publishes are sent."""
+        if not self._frozen:
+            return
+        net = self.network
+        self._frozen = False
+        self.__dict__.pop("publish", None)
+        net._row("thaw", self.client_id, None, None, None, None, None, None)
+        if self._state is CONNECTED:
+            session = net._sessions.get(self.client_id)
+            if (session is None or not session.online or session.client is not self
+                    or session.token != self._conn or not net._broker_up):
+                self._lose("frozen")
+            elif self.link.is_up:
+                net._client_heard(self)
+        held, self._held = self._held, []
+        for name, args in held:
+            getattr(self, name)(*args)
+
+    def _hold_publish(self, topic: str, payload: bytes, qos: int = 0,
+                      retain: bool = False) -> None:
+        self._held.append(("publish", (topic, payload, qos, retain)))
+
+    def _hold(self, name: str, args: tuple) -> None:
+        self._held.append((name, args))
+
+    def _post(self, pub: _Pub, traced: bool) -> None:
+        """The rest of ``publish()`` for an intercepted message (``traced``: write its
+        ``publish`` row)."""
+        net = self.network
+        rows = net._rows if traced else None
+        if self._state is VANISHED:
+            net._drop(self.client_id, pub, "vanished")
+        elif self._state is CONNECTED:
+            if rows is not None:
+                rows.append((net.env._now, "publish", self.client_id, pub.topic, pub.wire,
+                             pub.qos, pub.id, None, None))
+            self._send(pub)
+        elif pub.qos:
+            if rows is not None:
+                rows.append((net.env._now, "publish", self.client_id, pub.topic, pub.wire,
+                             pub.qos, pub.id, None, "queued"))
+            self._outbox.append(pub)
+        else:
+            if rows is not None:
+                rows.append((net.env._now, "publish", self.client_id, pub.topic, pub.wire,
+                             pub.qos, pub.id, None, None))
+            net._drop(self.client_id, pub, "offline")
 
     # ------------------------------------------------------------------ connecting
     def _attempt(self) -> None:
@@ -995,11 +1237,15 @@ class SimTransport:
         net._at(net.env._now + net.reconnect_interval, self._maybe_attempt, self._attempt_no)
 
     def _maybe_attempt(self, attempt_no: int) -> None:
+        if self._frozen:
+            return self._hold("_maybe_attempt", (attempt_no,))
         if attempt_no == self._attempt_no and (self._state is CONNECTING
                                                or self._state is LOST):
             self._attempt()
 
     def _on_connack(self, token: int) -> None:
+        if self._frozen:
+            return self._hold("_on_connack", (token,))
         net = self.network
         if self._token != token or not (self._state is CONNECTING or self._state is LOST):
             if self._state is IDLE or self._state is VANISHED:
@@ -1036,12 +1282,16 @@ class SimTransport:
             listener(False)
 
     def _check_link(self, conn: int, epoch: int) -> None:
+        if self._frozen:
+            return self._hold("_check_link", (conn, epoch))
         link = self.link
         if (self._state is CONNECTED and self._conn == conn and not link.is_up
                 and link.epoch == epoch):
             self._lose("keepalive")
 
     def _check_broker(self, conn: int) -> None:
+        if self._frozen:
+            return self._hold("_check_broker", (conn,))
         if self._state is CONNECTED and self._conn == conn:
             self._lose("broker")
 
@@ -1082,6 +1332,8 @@ class SimTransport:
     def _on_retry(self, gen: int) -> None:
         if gen != self._retry_gen:
             return
+        if self._frozen:
+            return self._hold("_on_retry", (gen,))
         self._retry_at = None
         if self._state is not CONNECTED:
             return  # resent on reconnect
@@ -1108,6 +1360,8 @@ class SimTransport:
     def _on_publish(self, pub: _Pub, qos: int, pid: int, target: Any, session: _Session,
                     token: int, epoch: int) -> None:
         """A PUBLISH reaches the end of the downlink."""
+        if self._frozen:
+            return self._hold("_on_publish", (pub, qos, pid, target, session, token, epoch))
         net = self.network
         link = self.link
         if link.epoch != epoch:

@@ -66,6 +66,9 @@ class BoardClock:
         def fire() -> None:
             if handle.cancelled or self.board.epoch != epoch:
                 return  # cancelled, or scheduled before a crash
+            if self.board.frozen:
+                self.board._held.append(fire)  # runs late, at thaw()
+                return
             ready = self.board.cpu_ready()
             if ready > self.world_clock.now():
                 handle.inner = self.world_clock.call_at(ready, fire)  # wait for a core
@@ -197,6 +200,8 @@ class Board:
         self.cores = [0.0] * profile.cores  # when each core is free
         self.epoch = 0  # bumped on crash: callbacks from before a crash never run
         self.up = False
+        self.frozen = False  # stopped (SIGSTOP): state kept, nothing runs until thaw()
+        self._held: list[Callable[[], Any]] = []  # callbacks that came due while frozen
         self.cpu_seconds = 0.0
         self.events = 0
         self.resource_period = resource_period
@@ -247,11 +252,37 @@ class Board:
         if not self.up:
             return
         self.up = False
+        self.frozen = False
+        self._held.clear()
         self.engine.crash()
         self.world.retired_engines.append(self.engine)
         self.transport.inner.vanish()
         self.epoch += 1
         self.world.record_fault("crash", self.name)
+
+    def freeze(self) -> None:
+        """Stop the board like SIGSTOP stops its worker: nothing runs (timers, messages in
+        or out; see ``SimTransport.freeze``) but all state survives.  The broker hears
+        nothing from it and publishes its will after ``1.5 * keepalive``."""
+        if not self.up or self.frozen:
+            return
+        self.frozen = True
+        self.transport.inner.freeze()
+        self.world.record_fault("freeze", self.name)
+
+    def thaw(self) -> None:
+        """Resume a frozen board (SIGCONT): the messages that waited are handled first (a
+        connection the broker closed meanwhile is noticed and re-opened), then the timers
+        that came due run, late, in their order."""
+        if not self.frozen:
+            return
+        self.frozen = False
+        now = self.world.clock.now()
+        held, self._held = self._held, []
+        self.transport.inner.thaw()
+        for fire in held:
+            self.world.clock.call_at(now, fire)
+        self.world.record_fault("thaw", self.name)
 
     def reboot(self) -> None:
         if self.up:
