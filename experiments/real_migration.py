@@ -4,7 +4,9 @@ programs in child processes), for program states of 1 KB to 10 MB.
     python experiments/real_migration.py --sizes 1e3 1e5 1e6 1e7 --repeat 5 \
         --out results/real_migration.csv
 
-Measurements on this machine (wall clock), so they differ from run to run.
+The two workers share a ``snapshot_key``, as a deployed fleet does (workers restore only
+signed snapshots), so the times include signing and checking.  Measurements on this
+machine (wall clock), so they differ from run to run.
 Writes ``results/real_migration.csv`` (one row per migration: size, snapshot, transfer,
 restore, commit, total seconds as recorded by the source engine, plus the dispatcher's
 wall-clock round trip), ``results/real_migration.png`` (median phases per size) and
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,9 +52,10 @@ things.set_interval(tick, 0.05)
 """
 
 
-def start_worker(url: str, wid: str, tmp: Path) -> subprocess.Popen:
+def start_worker(url: str, wid: str, tmp: Path, key: str) -> subprocess.Popen:
     config = tmp / f"{wid}.json"
-    config.write_text(json.dumps({"pubsub_url": url, "id": wid, "resource_period": None}))
+    config.write_text(json.dumps({"pubsub_url": url, "id": wid, "resource_period": None,
+                                  "snapshot_key": key}))
     return subprocess.Popen([sys.executable, "-m", "runtime.worker", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -96,7 +100,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "real_migration.csv")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, start_broker() as broker:
-        workers = [start_worker(broker.url, w, Path(tmp)) for w in ("w1", "w2")]
+        key = secrets.token_hex(16)  # the fleet's shared secret, for this run only
+        workers = [start_worker(broker.url, w, Path(tmp), key) for w in ("w1", "w2")]
         try:
             rows = asyncio.run(measure(broker.url, [int(s) for s in args.sizes], args.repeat))
         finally:
