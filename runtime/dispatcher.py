@@ -171,55 +171,23 @@ class Dispatcher:
                   timeout: float | None = None) -> Any:
         """Migrate a program; the result includes the migration's phases.
 
-        Waits for the migration's outcome by its id, however long the protocol takes
-        (a source in doubt keeps asking its target): if no reply comes within
-        ``timeout``, the source is asked where migration ``id`` stands, every
-        ``migration_poll`` seconds, until it has ended or the source is dead.
+        Waits for the migration's outcome by its id, however long the protocol takes:
+        past ``timeout`` (default ``request_timeout``) it follows the migration with
+        ``migration_status`` queries (see :class:`_MigrationWait`).
         """
         self.engine(to_id)
-        self.program(instance_id)
-        migration_id = self.new_id()
-        out = self.clock.create_future()
-        wait = self.config.request_timeout if timeout is None else timeout
+        program = self.program(instance_id)
+        wait = _MigrationWait(self, from_id, to_id, program, self.new_id())
         fut = self._engine_request(from_id, "migrate_code",
                                    {"code_name": code_name, "instance_id": instance_id,
-                                    "engine": to_id, "migration_id": migration_id}, wait)
-        fut.add_done_callback(lambda f: self._migration_answer(out, f, from_id, migration_id))
-        return out
-
-    def _migration_answer(self, out: Any, fut: Any, source: str, migration_id: str) -> None:
-        error = fut.exception()
-        if error is None:
-            settle(out, self._learn(fut.result()))
-        elif not isinstance(error, RequestTimeout) or self._is_dead(source):
-            settle(out, error=error)
-        else:
-            self.clock.call_later(self.config.migration_poll,
-                                  lambda: self._poll_migration(out, source, migration_id))
+                                    "engine": to_id, "migration_id": wait.migration_id},
+                                   self.config.request_timeout if timeout is None else timeout)
+        fut.add_done_callback(wait.replied)
+        return wait.out
 
     def _is_dead(self, engine_id: str) -> bool:
         engine = self.engines.get(engine_id)
         return engine is None or engine.status == "dead"
-
-    def _poll_migration(self, out: Any, source: str, migration_id: str) -> None:
-        def answered(fut: Any) -> None:
-            error = fut.exception()
-            state = fut.result().get("state") if error is None and \
-                isinstance(fut.result(), dict) else None
-            if state == "committed":
-                result = fut.result()
-                program = self.programs.get(result.get("instance_id", ""))
-                settle(out, self._learn({**result, "id": result.get("instance_id"),
-                                         "code_name": program.code_name if program else "?"}))
-            elif state == "aborted":
-                settle(out, error=RemoteError(p.MIGRATION_FAILED, str(
-                    fut.result().get("error") or "aborted")))
-            else:  # still running, in doubt, or the source did not answer: ask again
-                self._migration_answer(out, _timed_out(self.clock, source), source,
-                                       migration_id)
-
-        self._engine_request(source, "migration_status", {"migration_id": migration_id}) \
-            .add_done_callback(answered)
 
     def spawn_code(self, from_id: str, to_ids: list[str], code_name: str,
                    instance_id: str) -> Any:
@@ -282,8 +250,11 @@ class Dispatcher:
         """Update the program view from a command's reply (monitor reports may lag)."""
         if isinstance(result, dict) and isinstance(result.get("id"), str):
             program = self._program_handle(result["id"], result.get("code_name", "?"))
-            self._update(program, result.get("engine"), result.get("status"),
-                         result.get("epoch"))
+            epoch = result.get("epoch")
+            if isinstance(epoch, int) and epoch <= program.epoch and \
+                    program.engine == result.get("engine"):
+                return result  # the owner's own reports are at least as new as this reply
+            self._update(program, result.get("engine"), result.get("status"), epoch)
         return result
 
     def _program_handle(self, instance_id: str, code_name: str) -> Program:
@@ -415,8 +386,84 @@ class Dispatcher:
                 pass
 
 
-def _timed_out(clock: Clock, source: str) -> Any:
-    """A completed future carrying a timeout (to reuse :meth:`_migration_answer`)."""
-    fut = clock.create_future()
-    fut.set_exception(RequestTimeout(f"{source}/cmd", "migration_status", 0))
-    return fut
+
+class _MigrationWait:
+    """Follows one migration to its outcome by id, whatever was lost on the way.
+
+    The source's reply to ``migrate_code`` normally says it all.  Without it in time, the
+    source is asked ``migration_status`` every ``migration_poll`` seconds.  If the source
+    never heard of the migration (the command was lost) or forgot it (it restarted), or is
+    dead, the target decides: asked with ``decide``, a target holding no prepared copy
+    presumes abort, so a late restore can no longer start it, and either way its answer
+    is final.  The source likewise journals the id as aborted when it says it never heard
+    of it, so a late ``migrate_code`` cannot start it either.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, source: str, target: str, program: Program,
+                 migration_id: str) -> None:
+        self.d = dispatcher
+        self.source, self.target = source, target
+        self.program = program
+        self.migration_id = migration_id
+        self.out = dispatcher.clock.create_future()
+
+    def replied(self, fut: Any) -> None:
+        error = fut.exception()
+        if error is None:
+            settle(self.out, self.d._learn(fut.result()))
+        elif isinstance(error, RequestTimeout):
+            self._later()
+        else:
+            settle(self.out, error=error)
+
+    def _later(self) -> None:
+        self.d.clock.call_later(self.d.config.migration_poll, self._poll)
+
+    def _ask(self, engine_id: str, then: Callable[[Any], None]) -> None:
+        try:
+            fut = self.d._engine_request(engine_id, "migration_status",
+                                         {"migration_id": self.migration_id, "decide": True})
+        except DispatcherError:
+            self._later()
+            return
+        fut.add_done_callback(then)
+
+    def _poll(self) -> None:
+        if self.d._is_dead(self.source):
+            self._ask(self.target, self._target_said)
+        else:
+            self._ask(self.source, self._source_said)
+
+    def _source_said(self, fut: Any) -> None:
+        answer = fut.result() if fut.exception() is None else None
+        state = answer.get("state") if isinstance(answer, dict) else None
+        if state == "committed":
+            self._succeeded()
+        elif state == "aborted" and not answer.get("presumed"):
+            settle(self.out, error=RemoteError(p.MIGRATION_FAILED, str(
+                answer.get("error") or "aborted")))
+        elif state == "aborted":  # the source never heard of it, or forgot it
+            self._ask(self.target, self._target_said)
+        else:  # still running, in doubt, or no answer: ask again
+            self._later()
+
+    def _target_said(self, fut: Any) -> None:
+        answer = fut.result() if fut.exception() is None else None
+        state = answer.get("state") if isinstance(answer, dict) else None
+        if state == "committed":
+            self._succeeded()
+        elif state == "aborted":
+            settle(self.out, error=RemoteError(p.MIGRATION_FAILED, f"migration "
+                   f"{self.migration_id} never committed on {self.target} (its source "
+                   f"{self.source} lost the command, or restarted)"))
+        else:
+            self._later()
+
+    def _succeeded(self) -> None:
+        program = self.program
+        if program.status != "Lost":
+            program.engine = self.target  # its status travelled with it
+        settle(self.out, {"id": program.instance_id, "code_name": program.code_name,
+                          "engine": self.target, "status": program.status,
+                          "migration_id": self.migration_id})
+

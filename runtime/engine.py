@@ -764,9 +764,13 @@ class CodeEngine:
                     "error": outgoing.machine.error}
         if mid in self._outcomes:
             return self._outcomes[mid]
-        if source is None:  # the dispatcher asking: say what we know, promise nothing
-            return m.decided_answer(mid, self.journal.decision(mid))
-        return m.decided_answer(mid, m.presume_abort(self.journal, mid))
+        known = self.journal.decision(mid)
+        if source is None and not kwargs.get("decide"):
+            return m.decided_answer(mid, known)  # a look, no promise
+        answer = m.decided_answer(mid, m.presume_abort(self.journal, mid))
+        if known is None:
+            answer["presumed"] = True  # never heard of it (or forgot it): now never will
+        return answer
 
     # ---------------------------------------------------------------- migration: source
     def _cmd_migrate_code(self, kwargs: dict) -> Any:
@@ -778,7 +782,7 @@ class CodeEngine:
             raise p.ProtocolError(p.BAD_STATE, f"{host.instance_id} is {host.status.value}")
         mid = kwargs.get("migration_id") or self.new_id()
         p.check_name("migration_id", mid)
-        if mid in self._outgoing or mid in self._outcomes:
+        if mid in self._outgoing or mid in self._outcomes or self.journal.decision(mid):
             raise p.ProtocolError(p.BAD_STATE, f"migration id {mid} is already used")
         iid = host.instance_id
         started, t0 = self.clock.now(), time.perf_counter()
