@@ -30,7 +30,8 @@ Modelling choices (what an experiment can rely on):
   matching subscription qos)``; the client calls the handlers of every matching filter,
   each handler once.  Publishers receive their own messages if subscribed.  Per-topic
   FIFO from one publisher to one subscriber holds while nothing is lost (a lost QoS 1
-  message is retransmitted after later ones).
+  message is retransmitted after later ones); on reconnect, unacknowledged QoS 1
+  messages are resent in the order first sent (MQTT 3.1.1 section 4.6).
 - **QoS.** QoS 0: at most once, lost on a lossy hop, a fault, or when the receiver is
   disconnected.  QoS 1: the sender (client on the uplink, broker on the downlink) keeps
   the message until its PUBACK arrives and retransmits it every ``retry_interval``
@@ -844,7 +845,9 @@ class Network:
                            lambda: client._attempt_failed(token))
         if client._frozen:  # it sent CONNECT and froze: the keepalive clock runs
             self._client_silent(client, token)
-        for pid, entry in list(session.inflight.items()):
+        # MQTT 3.1.1 section 4.6: resent in the order first sent (pids grow), whatever
+        # retransmissions in between reordered
+        for pid, entry in sorted(session.inflight.items()):
             self._resend_down(session, pid, entry)
         queue = session.queue
         while queue and session.online:
@@ -1260,7 +1263,7 @@ class SimTransport:
             nbytes = SUBSCRIBE_OVERHEAD + sum(3 + len(f.encode()) for f, _ in entries)
             net._control_up(self, nbytes, net._broker_subscribe,
                             (self, token, entries, None, True), None)
-        for entry in list(self._inflight.values()):
+        for entry in sorted(self._inflight.values(), key=_first_sent):  # MQTT 4.6 order
             self._resend(entry)
         outbox = self._outbox
         while outbox and self._state is CONNECTED:
@@ -1433,3 +1436,8 @@ class SimTransport:
 
     def __repr__(self) -> str:
         return f"<SimTransport {self.client_id} {self._state} on {self.link.name}>"
+
+
+def _first_sent(entry: list) -> int:
+    """Publish ids grow with time: sorting by them restores the original send order."""
+    return entry[0].id
