@@ -1,7 +1,9 @@
-"""Real workers (separate processes, programs in child processes) on a real Mosquitto.
+"""Real workers (separate processes, programs in child processes) on a real broker.
 
 The broker is started by the fixture on a free loopback port (Mosquitto when installed,
-else amqtt); the tests are skipped with the reason when neither is available.
+else amqtt); the tests are skipped with the reason when neither is available.  The broker
+restart test needs persistence, and the command-line interoperability test Mosquitto's
+clients: both skip without Mosquitto, saying so.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import mqtt_fixtures
 import pytest
 from harness import consecutive, forever_counter
-from mqtt_fixtures import _start, require_broker
+from waiting import until
 
 from runtime import protocol as p
 from runtime.clock import AsyncioClock
@@ -32,13 +35,8 @@ COUNTER = forever_counter(0.05)
 FLEET_KEY = "test-fleet-snapshot-key"
 
 
-@pytest.fixture(scope="module")
-def broker():
-    """Like mqtt_fixtures.broker, with persistence (the broker restart test needs it)."""
-    require_broker()
-    handle = _start(config={"persistence": True})
-    yield handle
-    handle.stop()
+broker = mqtt_fixtures.broker
+broker_factory = mqtt_fixtures.broker_factory
 
 
 class Workers:
@@ -91,6 +89,14 @@ async def dispatcher(url: str, engines: list[str], timeout: float = 20.0,
     raise AssertionError(f"engines not seen: {engines}, have {list(d.engines)}")
 
 
+def wait_for_engines(url: str, engines: list[str]) -> None:
+    """Until a dispatcher sees every one of ``engines`` alive."""
+    async def main() -> None:
+        (await dispatcher(url, engines)).kill()
+
+    asyncio.run(main())
+
+
 def test_run_pause_resume_migrate_spawn_kill_across_worker_processes(broker, workers):
     workers.start("w1")
     workers.start("w2")
@@ -98,24 +104,28 @@ def test_run_pause_resume_migrate_spawn_kill_across_worker_processes(broker, wor
     async def main():
         d = await dispatcher(broker.url, ["w1", "w2"])
         iid = (await d.run_code("w1", "counter", COUNTER))["id"]
-        await asyncio.sleep(0.4)
+        console = d.programs[iid].console
+        await until(lambda: len(console) >= 5, what="5 console lines")
         assert await d.pause_code(iid) == "Paused"
-        paused_at = len(d.programs[iid].console)
-        await asyncio.sleep(0.3)
-        assert len(d.programs[iid].console) <= paused_at + 1  # nothing runs while paused
+        paused_at = len(console)
+        for _ in range(2):  # two more resource reports (0.5 s apart): time passed on w1
+            report = d.engines["w1"].resource
+            await until(lambda report=report: d.engines["w1"].resource is not report,
+                        what="a resource report from w1")
+        assert len(console) <= paused_at + 1  # nothing runs while paused
         assert await d.resume_code(iid) == "Running"
         moved = await d.move_code("w1", "w2", "counter", iid)
         assert moved["engine"] == "w2" and moved["migration"]["ok"]
-        await asyncio.sleep(0.5)
-        assert d.engines["w1"].status == "idle" and d.engines["w2"].status == "busy"
+        await until(lambda: d.engines["w1"].status == "idle" and
+                    d.engines["w2"].status == "busy", what="w1 idle and w2 busy")
         copies = await d.spawn_code("w2", ["w1"], "counter", iid)
         assert copies[0]["engine"] == "w1" and copies[0]["id"] != iid
-        await asyncio.sleep(0.3)
+        goal = max(len(console) + 5, 15)
+        await until(lambda: len(console) >= goal, what=f"{goal} console lines")
         assert await d.kill_code(iid) == "Exited"
         assert await d.kill_code(copies[0]["id"]) == "Exited"
-        await asyncio.sleep(0.3)
         d.kill()
-        return list(d.programs[iid].console)
+        return list(console)
 
     console = asyncio.run(main())
     assert len(consecutive(console)) > 10  # no gap, no repeat across the move
@@ -128,44 +138,56 @@ def test_sigkilled_worker_is_reported_dead_and_its_programs_lost(broker, workers
     async def main():
         d = await dispatcher(broker.url, ["w1", "w2"], lost_after=1.0)
         iid = (await d.run_code("w2", "counter", COUNTER))["id"]
-        await asyncio.sleep(0.3)
-        killed = asyncio.get_running_loop().time()
+        statuses = []
+
+        def note(program) -> None:
+            if program.instance_id == iid:
+                statuses.append(program.status)
+
+        d.on("program-monitor-update", note)
         victim.send_signal(signal.SIGKILL)
-        while d.engines["w2"].status != "dead":
-            await asyncio.sleep(0.05)
-            assert asyncio.get_running_loop().time() - killed < 1.5 * 2 + 1.0
-        assert d.programs[iid].status == "Unreachable"  # cut off or dead: not known yet
-        while d.programs[iid].status != "Lost":  # after lost_after, it is gone
-            await asyncio.sleep(0.05)
-            assert asyncio.get_running_loop().time() - killed < 1.5 * 2 + 1.0 + 2.0
+        await until(lambda: d.engines["w2"].status == "dead", what="w2 reported dead")
+        await until(lambda: d.programs[iid].status == "Lost", what="the program Lost")
+        # cut off or dead: not known yet, so Unreachable; after lost_after, it is gone
+        assert statuses[statuses.index("Unreachable"):] == ["Unreachable", "Lost"], statuses
         d.kill()
 
     asyncio.run(main())
 
 
-def test_broker_restart_reconnects_everyone_and_no_command_is_lost_or_repeated(broker, workers):
+def test_broker_restart_reconnects_everyone_and_no_command_is_lost_or_repeated(
+        broker_factory, tmp_path):
+    """A command sent while the broker is down reaches the worker once.  The broker must
+    keep the sessions across its restart (persistence, saved on its clean stop): else,
+    when the dispatcher reconnects first, its command finds nobody subscribed yet."""
+    b = broker_factory(config={"persistence": True})
+    workers = Workers(b.url, tmp_path)
     workers.start("w1")
 
     async def main():
-        d = await dispatcher(broker.url, ["w1"])
+        d = await dispatcher(b.url, ["w1"])
         iid = (await d.run_code("w1", "counter", COUNTER))["id"]
-        await asyncio.sleep(0.3)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, broker.stop)
+        await loop.run_in_executor(None, lambda: b.stop(keep_state=True))
         pending = d.run_code("w1", "second", COUNTER)  # sent while the broker is down
-        await asyncio.sleep(0.5)
-        await loop.run_in_executor(None, broker.start)
+        await asyncio.sleep(0.5)  # down for a while: everyone retries meanwhile
+        await loop.run_in_executor(None, b.start)
         second = await asyncio.wait_for(pending, 30)
         assert await d.pause_code(iid) == "Paused"
-        for _ in range(200):  # the registry report follows the replies
+
+        def reported() -> dict:  # the registry report follows the replies
             programs = d.engines["w1"].report.get("procs", {})
-            if second["id"] in programs and programs[iid]["status"] == "Paused":
-                break
-            await asyncio.sleep(0.05)
+            done = second["id"] in programs and programs[iid]["status"] == "Paused"
+            return programs if done else {}
+
+        programs = await until(reported, what="the registry report")
         assert set(programs) == {iid, second["id"]}  # run once, not lost, not twice
         d.kill()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        workers.stop_all()
 
 
 def test_bad_programs_do_not_hurt_the_worker(broker, workers):
@@ -182,9 +204,12 @@ def test_bad_programs_do_not_hurt_the_worker(broker, workers):
                     "things.set_timeout(f, 0.05)\n",
         }.items():
             bad[name] = (await d.run_code("w1", name, source))["id"]
-        await asyncio.sleep(2.0)
+        await until(lambda: all(d.programs[iid].status not in ("Running", "unknown")
+                                for iid in bad.values()), 30, "the bad programs to end")
         for name, iid in bad.items():
             assert d.programs[iid].status == "Crashed", name
+        console = d.programs[good].console
+        await until(lambda: len(console) > 20, what="21 console lines")
         assert d.programs[good].status == "Running"
         assert await d.pause_code(good) == "Paused"
         d.kill()
@@ -209,14 +234,15 @@ def test_error_replies_over_mqtt(broker, workers):
     asyncio.run(main())
 
 
-@pytest.mark.skipif(find_mosquitto("mosquitto_pub") is None,
-                    reason="Mosquitto's command-line clients are not installed")
+@pytest.mark.skipif(find_mosquitto() is None or find_mosquitto("mosquitto_pub") is None,
+                    reason="needs Mosquitto and its command-line clients (apt-get install "
+                           "mosquitto mosquitto-clients)")
 def test_interoperability_with_mosquitto_command_line_clients(broker, workers):
     """Drive workers with mosquitto_pub/mosquitto_sub alone: run, read console, migrate."""
     workers.start("w1")
     workers.start("w2")
     host, port = "127.0.0.1", str(broker.port)
-    time.sleep(1.5)
+    wait_for_engines(broker.url, ["w1", "w2"])
 
     def pub(topic: str, payload: dict) -> None:
         subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "-q", "1", "-t", topic,
@@ -228,13 +254,13 @@ def test_interoperability_with_mosquitto_command_line_clients(broker, workers):
                              text=True, timeout=timeout + 5)
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
-    replies = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", port, "-q", "1", "-t",
-                                "cli/reply", "-C", "2", "-W", "20"], stdout=subprocess.PIPE,
-                               text=True)
-    time.sleep(0.3)
+    # a persistent session subscribed to the replies (-E: once the broker acknowledged
+    # it), which keeps them until we read them
+    replies = ["mosquitto_sub", "-h", host, "-p", port, "-q", "1", "-t", "cli/reply", "-c",
+               "-i", "cli-replies"]
+    subprocess.run([*replies, "-E"], check=True, timeout=10)
     pub("w1/cmd", {"ctrl": "run_code", "request_id": "r1", "reply_to": "cli/reply",
                    "kwargs": {"code_name": "counter", "source": COUNTER}})
-    time.sleep(0.5)
     console = sub("counter/+/console", 5)
     assert len(console) == 5 and all(isinstance(line, list) for line in console)
     # find the instance id from the retained registry entry
@@ -242,7 +268,8 @@ def test_interoperability_with_mosquitto_command_line_clients(broker, workers):
     iid = next(iter(state["procs"]))
     pub("w1/cmd", {"ctrl": "migrate_code", "request_id": "r2", "reply_to": "cli/reply",
                    "kwargs": {"instance_id": iid, "engine": "w2"}})
-    out, _ = replies.communicate(timeout=25)
+    out = subprocess.run([*replies, "-C", "2", "-W", "20"], capture_output=True, text=True,
+                         timeout=25).stdout
     answers = {r["reply_id"]: r for r in map(json.loads, out.splitlines())}
     assert answers["r1"]["payload"]["status"] == "Running"
     assert answers["r2"]["payload"]["engine"] == "w2"
@@ -256,17 +283,16 @@ def test_sigterm_reports_dead_and_migrates_programs_away(broker, workers):
     async def main():
         d = await dispatcher(broker.url, ["w1", "w2"])
         iid = (await d.run_code("w2", "counter", COUNTER))["id"]
-        await asyncio.sleep(0.3)
+        console = d.programs[iid].console
+        await until(lambda: len(console) >= 3, what="3 console lines")
         leaving.send_signal(signal.SIGTERM)
-        for _ in range(200):
-            if d.engines["w2"].status == "dead" and d.programs[iid].engine == "w1":
-                break
-            await asyncio.sleep(0.05)
-        assert d.engines["w2"].status == "dead"
-        assert d.programs[iid].engine == "w1" and d.programs[iid].status == "Running"
-        await asyncio.sleep(0.3)
+        await until(lambda: d.engines["w2"].status == "dead" and
+                    d.programs[iid].engine == "w1", what="w2 dead, its program on w1")
+        await until(lambda: d.programs[iid].status == "Running", what="it runs on w1")
+        goal = len(console) + 3
+        await until(lambda: len(console) >= goal, what="3 more console lines")
         d.kill()
-        return list(d.programs[iid].console)
+        return list(console)
 
     assert len(consecutive(asyncio.run(main()))) > 5
     assert leaving.wait(timeout=10) == 0
@@ -284,7 +310,7 @@ def test_dispatch_and_shell_commands(broker, workers, tmp_path):
                               capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
 
-    time.sleep(1.0)
+    wait_for_engines(broker.url, ["w1", "w2"])
     started = cli("dispatch", broker.url, "run", "w1", str(program), "--json")
     assert started.returncode == 0, started.stderr
     iid = json.loads(started.stdout)["id"]
