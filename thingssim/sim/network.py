@@ -352,7 +352,10 @@ class Network:
         self._sessions: dict[str, _Session] = {}
         self._retained: dict[str, _Pub] = {}
         self._exact: dict[str, dict[_Session, int]] = {}
-        self._wild: dict[str, dict[_Session, int]] = {}
+        #: wildcard filters by their first level ("" for those starting with + or #), so
+        #: routing a topic scans only the filters that can match it (e.g. the thousands of
+        #: engines' "<engine>/migrate/+" are never scanned for "sensors/t")
+        self._wild: dict[str, dict[str, dict[_Session, int]]] = {}
         self._routes: dict[str, list[tuple[_Session, int]]] = {}
         self._broker_up = True
         self._broker_epoch = 0
@@ -719,11 +722,15 @@ class Network:
         exact = self._exact.get(topic)
         if exact:
             best.update(exact)
-        for topic_filter, subs in self._wild.items():
-            if topic_matches(topic_filter, topic):
-                for session, qos in subs.items():
-                    if best.get(session, -1) < qos:
-                        best[session] = qos
+        wild = self._wild
+        for group in (wild.get(topic.split("/", 1)[0]), wild.get("")):
+            if not group:
+                continue
+            for topic_filter, subs in group.items():
+                if topic_matches(topic_filter, topic):
+                    for session, qos in subs.items():
+                        if best.get(session, -1) < qos:
+                            best[session] = qos
         routes = list(best.items())
         if len(self._routes) >= _ROUTE_CACHE_LIMIT:
             self._routes.clear()
@@ -865,16 +872,23 @@ class Network:
         if self._sessions.get(session.client_id) is session:
             del self._sessions[session.client_id]
 
+    def _table(self, topic_filter: str, create: bool) -> dict | None:
+        """The index a filter lives in: exact topics, or wildcards by first level."""
+        if "+" not in topic_filter and "#" not in topic_filter:
+            return self._exact
+        root = topic_filter.split("/", 1)[0]
+        root = "" if root in ("+", "#") else root
+        return self._wild.setdefault(root, {}) if create else self._wild.get(root)
+
     def _index(self, session: _Session, topic_filter: str, qos: int) -> None:
-        table = self._wild if ("+" in topic_filter or "#" in topic_filter) else self._exact
-        table.setdefault(topic_filter, {})[session] = qos
+        self._table(topic_filter, True).setdefault(topic_filter, {})[session] = qos
         session.subs[topic_filter] = qos
         self._routes.clear()
 
     def _unindex(self, session: _Session, topic_filter: str) -> None:
         session.subs.pop(topic_filter, None)
-        table = self._wild if ("+" in topic_filter or "#" in topic_filter) else self._exact
-        subs = table.get(topic_filter)
+        table = self._table(topic_filter, False)
+        subs = table.get(topic_filter) if table is not None else None
         if subs is not None:
             subs.pop(session, None)
             if not subs:
