@@ -149,18 +149,19 @@ def test_workload_is_deterministic() -> None:
     assert workload() == workload() == EXPECTED_RESULT
 
 
-def test_calibrate_on_the_reference_machine() -> None:
+def test_calibrate_report() -> None:
+    """What the report says; how fast this machine is depends on its load, so bounds on
+    cpu_factor and duration are in tests/benchmarks/test_calibrate_bench.py."""
     report = calibrate(0.3)
     assert {"workload_ops_per_s", "cpu_factor", "python", "machine",
             "reference_ops_per_s"} <= set(report)
     assert report["reference_ops_per_s"] == REFERENCE_OPS_PER_S
+    assert report["workload_ops_per_s"] > 0
     assert report["cpu_factor"] == pytest.approx(report["workload_ops_per_s"]
                                                  / REFERENCE_OPS_PER_S)
-    # Loose: this machine calibrates to ~1.0, but CI machines and load vary.
-    assert 0.3 <= report["cpu_factor"] <= 3.0
     assert report["python"].endswith(".".join(map(str, sys.version_info[:2])) + "."
                                      + str(sys.version_info[2]))
-    assert 0.25 <= report["seconds"] < 2.0
+    assert report["seconds"] >= 0.3 * (1 - 1e-9)  # its rounds last at least that long
     json.dumps(report)  # machine-readable as is
 
 
@@ -183,7 +184,9 @@ def test_command_json() -> None:
     result = CliRunner().invoke(calibrate_command, ["--seconds", "0.3", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert 0.3 <= report["cpu_factor"] <= 3.0
+    assert report["cpu_factor"] > 0
+    assert report["cpu_factor"] == pytest.approx(report["workload_ops_per_s"]
+                                                 / REFERENCE_OPS_PER_S)
     assert report["reference_ops_per_s"] == REFERENCE_OPS_PER_S
     assert "toml" not in report
 
@@ -196,7 +199,7 @@ def test_command_profile_name_prints_toml() -> None:
     assert lines[0] == "[[boards]]"
     values = dict(line.split(" = ") for line in lines if " = " in line)
     assert values["name"] == '"my-pi"' and values["profile"] == '"raspberry-pi-3"'
-    assert 0.3 <= float(values["cpu_factor"]) <= 3.0
+    assert float(values["cpu_factor"]) > 0
     assert int(values["cores"]) >= 1
     if sys.version_info >= (3, 11):
         import tomllib

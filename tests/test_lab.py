@@ -158,7 +158,10 @@ def _leftovers(prefix: str, pids: list[tuple[int, int | None]]) -> list[str]:
 
 
 @needs_lab
-def test_lab_two_shaped_workers(prefix, tmp_path):
+def test_lab_two_shaped_workers(prefix, tmp_path, timing_bounds):
+    """Two workers behind shaped links.  What the probes measure through them (round trip,
+    goodput, and how long lab up took) is checked against the profiles only with
+    --benchmark-enable (``timing_bounds``): on a busy machine those are not the links'."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     profiles = ["raspberry-pi-3", "raspberry-pi-zero"]
@@ -171,7 +174,8 @@ def test_lab_two_shaped_workers(prefix, tmp_path):
     pids = [p for p in pids if p[0]]
     client = None
     try:
-        assert time.monotonic() - t0 < 8
+        if timing_bounds:
+            assert time.monotonic() - t0 < 8
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         for ns in (f"{prefix}-broker", f"{prefix}-w1", f"{prefix}-w2"):
             assert ns in netns
@@ -199,6 +203,9 @@ def test_lab_two_shaped_workers(prefix, tmp_path):
         extra = {}
         for w in lab.workers:
             result = json.loads(got[f"lab/rtt/{w.name}"])
+            assert result["rtt_ms"] > 0 and result["bulk_s"] > 0, result  # measured
+            if not timing_bounds:
+                continue
             p = get_profile(w.profile)
             expected = (2 * p.latency + p.jitter) * 1e3
             extra[w.name] = result["rtt_ms"] - host_ms
@@ -207,7 +214,8 @@ def test_lab_two_shaped_workers(prefix, tmp_path):
             # 1 MB up and 1 MB down through the shaped link at about the profile's goodput
             goodput = 2 * 8 * result["bulk_bytes"] / result["bulk_s"]
             assert 0.6 * p.bandwidth < goodput < 1.15 * p.bandwidth, (w.name, goodput)
-        assert extra["w2"] > extra["w1"] + 3.0  # the Pi Zero's Wi-Fi vs the Pi 3's Ethernet
+        if timing_bounds:  # the Pi Zero's Wi-Fi vs the Pi 3's Ethernet
+            assert extra["w2"] > extra["w1"] + 3.0
 
         status = CliRunner().invoke(lab_group, ["status", "--prefix", prefix])
         assert status.exit_code == 0, status.output
@@ -280,6 +288,7 @@ def test_lab_migrates_a_program_across_two_emulated_boards(prefix):
     import asyncio
 
     from harness import forever_counter
+    from waiting import until
 
     from runtime.clock import AsyncioClock
     from runtime.dispatcher import Dispatcher
@@ -292,14 +301,13 @@ def test_lab_migrates_a_program_across_two_emulated_boards(prefix):
         d = Dispatcher(MqttTransport(url, client_id=f"{prefix}-d", loop=loop),
                        AsyncioClock(loop), {"id": "labdisp"})
         d.start()
-        for _ in range(300):
-            if {"w1", "w2"} <= {e for e, h in d.engines.items() if h.status != "dead"}:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: {"w1", "w2"} <= {e for e, h in d.engines.items()
+                                             if h.status != "dead"}, 15, "both workers")
         iid = (await d.run_code("w1", "counter", source))["id"]
-        await asyncio.sleep(0.5)
+        console = d.programs[iid].console
+        await until(lambda: len(console) >= 6, what="6 console lines")
         moved = await d.move_code("w1", "w2", "counter", iid)
-        await asyncio.sleep(0.5)
+        await until(lambda: len(console) >= 12, what="12 console lines")
         assert d.programs[iid].engine == "w2"
         await d.kill_code(iid)
         console = list(d.programs[iid].console)

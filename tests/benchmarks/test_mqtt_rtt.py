@@ -141,7 +141,7 @@ def measure(url: str, host: str, port: int, n: int, blocks: int) -> dict:
     return info
 
 
-def test_command_round_trip_vs_raw_paho(benchmark, broker):
+def test_command_round_trip_vs_raw_paho(benchmark, broker, timing_bounds):
     benchmark.group = "mqtt-rtt"
     n, blocks = (200, 2) if benchmark.disabled else (2000, 4)
     results: list[dict] = []
@@ -154,4 +154,5 @@ def test_command_round_trip_vs_raw_paho(benchmark, broker):
     benchmark.extra_info.update(info)
     print("\n" + "\n".join(f"  {k}: {v}" for k, v in info.items()))
     # sanity, not the target: a lost TCP_NODELAY (~40 ms delayed ACKs) would show here
-    assert info["report_thread_p50_ms"] < 10 and info["report_asyncio_p50_ms"] < 10
+    if timing_bounds:
+        assert info["report_thread_p50_ms"] < 10 and info["report_asyncio_p50_ms"] < 10

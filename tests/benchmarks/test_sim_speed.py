@@ -101,15 +101,18 @@ def test_network_relay_qos1_traced(benchmark):
     _rate(run_network, benchmark, trace=True, qos=1)
 
 
-def test_network_at_least_quarter_of_bare_relay():
-    """Ours vs. the relay, measured back to back (best of 3 each: noisy machines)."""
-    def best(fn) -> float:
+def test_network_at_least_quarter_of_bare_relay(timing_bounds):
+    """Ours vs. the relay, measured back to back (best of 3 each: noisy machines).  The
+    ratio is checked with --benchmark-enable only; otherwise one small run of each."""
+    def best(fn, n: int, rounds: int) -> float:
         times = []
-        for _ in range(3):
+        for _ in range(rounds):
             start = time.perf_counter()
-            fn(5_000)
+            fn(n)
             times.append(time.perf_counter() - start)
-        return 5_000 / min(times)
+        return n / min(times)
 
-    bare, ours = best(run_bare_relay), best(run_network)
-    assert ours >= bare / 4, (ours, bare)
+    n, rounds = (5_000, 3) if timing_bounds else (500, 1)
+    bare, ours = best(run_bare_relay, n, rounds), best(run_network, n, rounds)
+    if timing_bounds:
+        assert ours >= bare / 4, (ours, bare)
