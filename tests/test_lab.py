@@ -31,15 +31,15 @@ def _skip_reason() -> str | None:
     if not sys.platform.startswith("linux"):
         return "the board lab needs Linux network namespaces"
     if os.geteuid() != 0:
-        return "the board lab needs root (network namespaces, veth, tc)"
+        return "the board lab needs root (network namespaces, veth, tc): run pytest as root"
     if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "the board lab needs iproute2 (ip, tc)"
+        return "the board lab needs iproute2 (ip, tc): apt-get install iproute2"
     if (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")) is None:
-        return "the board lab needs Mosquitto"
+        return "the board lab needs Mosquitto: apt-get install mosquitto"
     try:
         import paho.mqtt.client  # noqa: F401
     except ImportError:
-        return "needs paho-mqtt"
+        return "needs paho-mqtt: pip install paho-mqtt"
     return None
 
 
