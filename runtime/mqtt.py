@@ -64,14 +64,15 @@ publish order, before anything published once listeners heard True (see the barr
 above; one published during the reconnection handshake itself may overtake them); a
 message sent but not acknowledged before the break may arrive twice.
 
-**Dispatch.**  The broker sends one copy per client however many of its filters match
-(Mosquitto); each incoming message calls every handler whose filter matches
-(:func:`runtime.topics.topic_matches`), each handler once (filters in the order they
-were first subscribed, then handlers in the order they were added) -- the simulator's
-rule.  Retained copies (``retain=True``, sent only because of a SUBSCRIBE) go only to
-handlers that have not yet received any message on that topic since they subscribed (or
-since the last reconnect): a second handler subscribing to a filter gets the retained
-messages, the handlers already there do not get them twice.
+**Dispatch.** The broker sends one copy per client however many of its filters match
+(Mosquitto; amqtt sends one per matching filter, and each copy is dispatched as below,
+so overlapping filters there call handlers once per copy); each incoming message calls
+every handler whose filter matches (:func:`runtime.topics.topic_matches`), each handler
+once (filters in the order they were first subscribed, then handlers in the order they
+were added) -- the simulator's rule. Retained copies (``retain=True``, sent only because
+of a SUBSCRIBE) go only to handlers that have not yet received any message on that topic
+since they subscribed (or since the last reconnect): a second handler subscribing to a
+filter gets the retained messages, the handlers already there do not get them twice.
 A handler that raises is logged; the other handlers still get the message.
 
 TCP_NODELAY is set on the socket (paho does not).  Payloads up to MQTT's 256 MB limit
