@@ -1,6 +1,6 @@
 """Regenerate every file in results/ with the commands the README documents.
 
-    python experiments/all.py                      # everything, into results/ (~15 min)
+    python experiments/all.py                      # everything, into results/ (12-20 min)
     python experiments/all.py --list               # the commands, what each writes
     python experiments/all.py --only migration_chain sensor_pipeline
     python experiments/all.py --results /tmp/r     # somewhere else (results/ untouched)
