@@ -406,6 +406,9 @@ class _MigrationWait:
         self.program = program
         self.migration_id = migration_id
         self.out = dispatcher.clock.create_future()
+        #: once the source said it never heard of the migration (or was seen dead), only
+        #: the target's word counts: the source's journal now holds a *presumed* abort
+        self.target_decides = False
 
     def replied(self, fut: Any) -> None:
         error = fut.exception()
@@ -429,7 +432,8 @@ class _MigrationWait:
         fut.add_done_callback(then)
 
     def _poll(self) -> None:
-        if self.d._is_dead(self.source):
+        if self.target_decides or self.d._is_dead(self.source):
+            self.target_decides = True
             self._ask(self.target, self._target_said)
         else:
             self._ask(self.source, self._source_said)
@@ -443,6 +447,7 @@ class _MigrationWait:
             settle(self.out, error=RemoteError(p.MIGRATION_FAILED, str(
                 answer.get("error") or "aborted")))
         elif state == "aborted":  # the source never heard of it, or forgot it
+            self.target_decides = True
             self._ask(self.target, self._target_said)
         else:  # still running, in doubt, or no answer: ask again
             self._later()

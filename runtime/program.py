@@ -111,6 +111,7 @@ class ProgramHost:
         on_subscriptions: Callable[[ProgramHost], None] = _noop,
         on_event: Callable[[ProgramHost, float], None] = _noop,
         start_time: float = 0.0,
+        random_seed: int | None = None,
     ) -> None:
         self.source = source
         self.code_name = code_name
@@ -125,7 +126,12 @@ class ProgramHost:
         self._event_hook = on_event  # (host, seconds of CPU the event took): for cost models
 
         self.api = Things(self)
-        self.modules = ProgramModules()  # its own `random`: isolated, and it migrates
+        # its own `random`: isolated, and it migrates.  Seeded from ``random_seed``, else
+        # from an instance id given by the caller (the simulator's ids are seeded, so its
+        # runs repeat), else from os.urandom
+        if random_seed is None and instance_id is not None:
+            random_seed = int.from_bytes(hashlib.sha256(instance_id.encode()).digest(), "big")
+        self.modules = ProgramModules(random_seed)
         self._builtins = self.api.make_builtins()
         self.globals: dict[str, Any] = {"__builtins__": self._builtins,
                                         "__name__": PROGRAM_MODULE, "__doc__": None}

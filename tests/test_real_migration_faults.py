@@ -31,7 +31,7 @@ two busy cores.  Which interleaving a step gives (say, whether the target had pr
 the commit before it froze) varies from run to run; each one must keep the invariants.
 
 ``test_move_code_reports_the_targets_decision_after_the_source_restarted`` reproduces a
-dispatcher bug (two faults): it is marked xfail until the dispatcher is fixed.
+dispatcher bug (two faults), fixed: once the source presumed abort, the target decides.
 """
 
 from __future__ import annotations
@@ -476,9 +476,6 @@ def test_a_broker_restart_at_each_step_of_a_migration(tmp_path):
             broker.stop()
 
 
-@pytest.mark.xfail(reason="bug: the dispatcher takes the source's journaled *presumed* abort "
-                          "for its word and reports migration_failed while the target, which "
-                          "still holds the prepared copy, commits it", strict=False)
 def test_move_code_reports_the_targets_decision_after_the_source_restarted(broker, tmp_path):
     """The source dies just after sending commit_migration and restarts; the commit
     reaches the target late (it was frozen).  The dispatcher asks the restarted source

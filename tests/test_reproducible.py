@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_CSVS = ["actions.csv", "boards.csv", "faults.csv", "messages.csv", "migrations.csv",
                  "programs.csv"]
@@ -111,12 +109,9 @@ def test_every_results_file_is_written_by_a_documented_command():
                 f"README mentions {name}, which no documented command writes"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/snapshot/modules.py seeds each program's own "
-                   "`random` from os.urandom, and the snapshot carries that seed: a program "
-                   "that imports random snapshots differently on every run (this makes "
-                   "migration_hops.csv differ for crypto_mini); the seed should come from "
-                   "the host's environment (the simulator's seed), os.urandom only outside it")
 def test_a_program_importing_random_snapshots_the_same_on_every_run(tmp_path):
+    """With --virtual (and in the simulator, whose instance ids are seeded) a program's
+    own random is seeded reproducibly."""
     program = tmp_path / "dice.py"
     program.write_text("import random\nthings.set_interval(lambda: None, 0.1)\n")
     docs = []

@@ -117,7 +117,8 @@ def _load(virtual: bool, console: _Console, **source: Path) -> tuple[Any, Any]:
     ((_, path),) = source.items()
     clock = standalone.make_clock(virtual)
     try:
-        host = standalone.load_host(clock=clock, console=console, **source)
+        host = standalone.load_host(clock=clock, console=console, reproducible=virtual,
+                                    **source)
     except SyntaxError as exc:
         raise click.ClickException(f"{exc.filename}:{exc.lineno}: {exc.msg}") from None
     except FileNotFoundError:

@@ -8,6 +8,7 @@ split run stops at exactly the same event as an unsplit one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +20,12 @@ from runtime.snapshot import dumps, loads
 
 def load_host(
     *, program: Path | None = None, snapshot: Path | None = None,
-    clock: object, console: Callable[[str], None],
+    clock: object, console: Callable[[str], None], reproducible: bool = False,
 ) -> ProgramHost:
-    """A host for a program file (not yet started) or a snapshot file (restored, paused)."""
+    """A host for a program file (not yet started) or a snapshot file (restored, paused).
+
+    ``reproducible`` (``--virtual``): the program's own ``random`` is seeded from the
+    file's name, so two runs print and snapshot the same."""
     bus = LocalBus()
     if program is not None:
         # the snapshot keeps the file's name, never the path as typed (or the cwd): the
@@ -29,7 +33,8 @@ def load_host(
         try:
             host = ProgramHost(program.read_text(encoding="utf-8"), clock=clock,
                                code_name=program.name, filename=program.name,
-                               publish=bus.publish, console=console)
+                               publish=bus.publish, console=console,
+                               random_seed=_name_seed(program.name) if reproducible else None)
         except SyntaxError as exc:
             exc.filename = str(program)  # the user's error message names their path
             raise
@@ -92,3 +97,7 @@ def write_snapshot(host: ProgramHost, path: Path, compress: bool | None = None) 
                  else compress)
     path.write_bytes(data)
     return len(data)
+
+
+def _name_seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest(), "big")

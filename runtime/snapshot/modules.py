@@ -39,10 +39,11 @@ class OwnRandom:
     """A program's ``random`` module: the real one's contents, its functions bound to a
     generator of the program's own."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self.module = types.ModuleType("random", _random.__doc__)
         self.module.__dict__.update(vars(_random))
-        self.seed = int.from_bytes(os.urandom(32), "big")  # as unpredictable as random's
+        #: given (reproducible runs), else as unpredictable as random's own
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(32), "big")
         self.generator = _random.Random(self.seed)
         for key, method in _RANDOM_FUNCTIONS.items():
             self.module.__dict__[key] = getattr(self.generator, method)
@@ -89,8 +90,9 @@ _OWN: dict[str, type[OwnRandom]] = {"random": OwnRandom}
 class ProgramModules:
     """The program's own copies of stateful standard modules, made on first import."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._own: dict[str, OwnRandom] = {}
+        self.seed = seed  # the first seed of the program's own random (None: os.urandom)
 
     def get(self, name: str) -> types.ModuleType | None:
         """The program's own module ``name``, or None to import the real one."""
@@ -99,7 +101,7 @@ class ProgramModules:
             maker = _OWN.get(name)
             if maker is None:
                 return None
-            own = self._own[name] = maker()
+            own = self._own[name] = maker(self.seed)
         return own.module
 
     def runtime_objects(self) -> dict[str, Any]:
