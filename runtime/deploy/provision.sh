@@ -96,7 +96,7 @@ b, i, d, m, u, signing, peers_given, peers = sys.argv[1:]
 p, k = sys.stdin.read().split("\n")[:2]
 config = {"pubsub_url": b, "id": i, "device": d, "memory_limit": float(m),
           "keepalive": 10, "username": u or None, "password": p or None,
-          "on_shutdown": "migrate"}
+          "on_shutdown": "migrate", "state_dir": "/var/lib/thingssim"}
 if signing == "1":
     config["snapshot_key"] = k
 if peers_given == "1" or signing != "1":
