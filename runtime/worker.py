@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from .clock import AsyncioClock
 from .engine import CodeEngine
 from .isolation import process_factory
 from .journal import FileJournal, MemoryJournal
+from .userinput import read_text, unknown_keys
 
 log = logging.getLogger("thingssim.worker")
 
@@ -75,17 +75,11 @@ class WorkerConfig:
     def load(cls, path: str | Path) -> WorkerConfig:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: is a directory, not a config file") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+            data = json.loads(read_text(path, "config file"))
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+            raise ConfigError(str(exc)) from None
         return cls.from_dict(data, str(path))
 
     @classmethod
@@ -95,18 +89,9 @@ class WorkerConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the config must be a JSON object")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            guesses = {key: close[0] for key in unknown
-                       if (close := difflib.get_close_matches(key, known, n=1))}
-            hint = ""
-            if len(unknown) == 1 and guesses:
-                hint = f" (did you mean {guesses[unknown[0]]!r}?)"
-            elif guesses:
-                hint = " (did you mean " + ", ".join(f"{guess!r} for {key!r}" for key, guess
-                                                    in guesses.items()) + "?)"
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}; known: "
-                              f"{', '.join(sorted(known))}")
+        problem = unknown_keys(data, known)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
         missing = [k for k in ("pubsub_url", "id") if not data.get(k)]
         if missing:
             raise ConfigError(f"{where}: missing {', '.join(missing)} (e.g. "

@@ -214,7 +214,7 @@ def test_worker_bad_config_is_one_line_exit_1(tmp_path, config, message):
 
 def test_worker_missing_config_file(tmp_path):
     code, _, err = cli("worker", tmp_path / "w.json")
-    assert (code, err) == (1, f"error: {tmp_path / 'w.json'}: no such config file\n")
+    assert (code, err) == (1, f"error: {tmp_path / 'w.json'}: no such file\n")
 
 
 # ---------------------------------------------------------------- hand-edited snapshots

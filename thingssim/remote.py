@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from runtime.dispatcher import Dispatcher, DispatcherError
 from runtime.rpc import RemoteError, RequestTimeout
+from runtime.userinput import read_text
 
 #: errors a user can cause (shown as a message, never a traceback)
 USER_ERRORS = (DispatcherError, RemoteError, RequestTimeout, ValueError, OSError)
@@ -97,16 +98,7 @@ def check_args(action: str, args: list[str]) -> None:
 
 def read_program(path: str | Path) -> str:
     """A program file's source; a ValueError naming the file if it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a program file") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    return read_text(path, "program file")
 
 
 async def run_action(d: Dispatcher, action: str, args: list[str],

@@ -20,7 +20,6 @@ TOML layout (every key optional unless marked)::
 
 from __future__ import annotations
 
-import difflib
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -31,6 +30,7 @@ import pandas as pd
 
 from runtime import protocol
 from runtime.dispatcher import DispatcherConfig, UnknownEngine, UnknownProgram
+from runtime.userinput import read_text, unknown_keys
 
 from .boards import PROFILES, BoardProfile
 from .network import BrokerProfile
@@ -111,15 +111,11 @@ class Scenario:
         """Load a TOML scenario; every problem is a ScenarioError starting with the path."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScenarioError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise ScenarioError(f"{path}: is a directory, not a scenario file") from None
-        except OSError as exc:
-            raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise ScenarioError(f"{path}: not UTF-8 text") from None
+            text = read_text(path, "scenario file")
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
         try:
@@ -210,18 +206,9 @@ class Scenario:
 
 
 def _no_unknown(where: str, item: dict, known: set[str]) -> None:
-    unknown = sorted(set(item) - known)
-    if unknown:
-        guesses = {key: close[0] for key in unknown
-                   if (close := difflib.get_close_matches(key, known, n=1))}
-        hint = ""
-        if len(unknown) == 1 and guesses:
-            hint = f" (did you mean {guesses[unknown[0]]!r}?)"
-        elif guesses:
-            hint = " (did you mean " + ", ".join(f"{guess!r} for {key!r}" for key, guess
-                                                in guesses.items()) + "?)"
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}; "
-                            f"known: {', '.join(sorted(known))}")
+    problem = unknown_keys(item, known)
+    if problem:
+        raise ScenarioError(f"{where}: {problem}")
 
 
 def _required(where: str, item: dict, key: str) -> Any:
