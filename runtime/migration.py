@@ -344,11 +344,9 @@ def presume_abort(journal: Any, migration_id: str) -> str:
     A target that says it does not know a migration must never commit it later (a
     duplicate restore and a late commit may still be on their way, say after a reboot
     lost the prepared copy and the reply cache): so "unknown" is written down as
-    ``aborted`` before it is said.  ``journal`` is a dict or a :class:`Journal`-like
-    object with ``decision``/``decide``.
+    ``aborted`` before it is said.  ``journal``: a :class:`~runtime.journal.MemoryJournal`
+    (or anything with ``decision``/``decide``).
     """
-    if isinstance(journal, dict):
-        return journal.setdefault(migration_id, ABORTED)
     decision = journal.decision(migration_id)
     if decision is None:
         journal.decide(migration_id, ABORTED)

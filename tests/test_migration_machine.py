@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from runtime import migration as m
+from runtime.journal import MemoryJournal
 
 
 @dataclass
 class Model:
     source: m.SourceMigration
     target: m.TargetMigration | None = None
-    journal: dict = field(default_factory=dict)
+    journal: MemoryJournal = field(default_factory=MemoryJournal)
     flight: list = field(default_factory=list)  # ("req", token, ctrl, kwargs) | ("rep", ...)
     timers: list = field(default_factory=list)  # source timers/timeouts: (kind, token)
     source_copy: str = "paused"  # paused | running | dropped | crashed
@@ -37,7 +38,7 @@ class Model:
     def key(self) -> tuple:
         s, t = self.source, self.target
         return (s.phase, s._token, min(s.queries, 3), s._backoff,
-                None if t is None else t.state, tuple(sorted(self.journal.items())),
+                None if t is None else t.state, tuple(sorted(self.journal.decisions.items())),
                 tuple(sorted(repr(x) for x in self.flight)), tuple(sorted(self.timers)),
                 self.source_copy, self.target_copy, self.source_resumed,
                 self.target_activated, self.faults, self.crashed)
@@ -72,7 +73,7 @@ def apply_target(model: Model, outputs: list) -> dict | None:
     answer = None
     for out in outputs:
         if isinstance(out, m.Journal):
-            model.journal[out.migration_id] = out.decision
+            model.journal.decide(out.migration_id, out.decision)
         elif isinstance(out, m.Activate):
             assert model.target_copy == "prepared"
             model.target_copy = "running" if out.resume else "paused"
@@ -93,7 +94,7 @@ def target_receives(model: Model, token: int, ctrl: str, kwargs: dict) -> None:
     if ctrl == m.RESTORE:
         if model.target is not None:
             reply = ("ok", {"status": "Paused"})
-        elif mid in model.journal:
+        elif model.journal.decision(mid) is not None:
             reply = ("err", "bad_state")
         else:
             model.target = m.TargetMigration(mid, "prog.1", kwargs["epoch"])
@@ -246,7 +247,7 @@ def test_every_schedule_with_up_to_two_faults_is_safe_and_ends(was_running):
 def test_the_exploration_finds_a_planted_bug(monkeypatch):
     """The checker is not vacuous: a target that forgets to presume abort (the bug it
     found first) is caught."""
-    monkeypatch.setattr(m, "presume_abort", lambda journal, mid: journal.get(mid))
+    monkeypatch.setattr(m, "presume_abort", lambda journal, mid: journal.decision(mid))
     with pytest.raises(AssertionError, match="after"):
         explore(max_faults=2, max_depth=8)
 
@@ -257,7 +258,7 @@ def test_the_happy_path():
         deliver(model, model.flight.pop(0))
     assert model.source.phase is m.Phase.COMMITTED
     assert (model.source_copy, model.target_copy) == ("dropped", "running")
-    assert model.journal == {"mig": m.COMMITTED}
+    assert dict(model.journal.decisions) == {"mig": m.COMMITTED}
 
 
 def test_after_the_commit_an_abort_is_answered_committed():

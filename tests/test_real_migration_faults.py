@@ -45,11 +45,12 @@ import sys
 import time
 from itertools import count
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from harness import forever_counter
 from mqtt_fixtures import _start, require_mosquitto
+from waiting import until
 
 from runtime import protocol as p
 from runtime.clock import AsyncioClock
@@ -68,19 +69,6 @@ FREEZE_S = 6.5
 BROKER_DOWN_S = FENCE_S + 0.8
 STEPS = {1: "restore request", 2: "restore reply", 3: "commit request", 4: "commit reply"}
 _ids = count(1)
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str,
-                interval: float = 0.02) -> Any:
-    """Wait for ``predicate`` to be truthy (its value), failing after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture(scope="module")
