@@ -7,11 +7,14 @@ unwritable output), 2 for bad options (click's usage errors).
 
 from __future__ import annotations
 
+import csv
 import math
 import os
+import re
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -225,14 +228,110 @@ def restore(snapshot_file: Path, duration: float | None, after: float | None,
         _finish(host)
 
 
+class SeedList(click.ParamType):
+    """``N``, ``A-B`` (both included) or a comma list of them (``1,3,5-7``): seeds are
+    integers >= 0; a seed named twice runs once; the order is kept."""
+
+    name = "seeds"
+    MAX = 100_000  # runs of one sweep: more is surely a typo (1-10000000000)
+    _ITEM = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[int]:
+        if isinstance(value, list):  # already converted (a default)
+            return value
+        seeds: dict[int, None] = {}  # ordered, without duplicates
+        for item in str(value).split(","):
+            if not item.strip():
+                self.fail(f"{value!r} has an empty item; use N, A-B or a comma list "
+                          "like 1,3,5-7.", param, ctx)
+            match = self._ITEM.fullmatch(item)
+            if match is None:
+                self.fail(f"{item.strip()!r} in {value!r} is not a seed (an integer >= 0) "
+                          "or a range A-B.", param, ctx)
+            first = int(match.group(1))
+            last = first if match.group(2) is None else int(match.group(2))
+            if last < first:
+                self.fail(f"{item.strip()!r} in {value!r} is a reversed range (write "
+                          f"{last}-{first}).", param, ctx)
+            if last - first >= self.MAX or len(seeds) + last - first >= self.MAX:
+                self.fail(f"{value!r} is more than {self.MAX} seeds (a typo?).", param, ctx)
+            seeds.update(dict.fromkeys(range(first, last + 1)))
+        return list(seeds)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # this process's CPUs (taskset, containers)
+    except AttributeError:  # not on macOS or Windows
+        return os.cpu_count() or 1
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``out`` and check a file can be written there (before running: a run whose
+    CSVs cannot be written is wasted)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"--out {out}: cannot create the directory "
+                                   f"({exc.strerror or exc})") from None
+    reason = _cannot_write_in(out)
+    if reason:
+        raise click.ClickException(f"--out {out}: cannot write there ({reason})")
+
+
 @main.command()
-@click.argument("scenario_file", metavar="SCENARIO.toml", type=_INPUT)
-@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.argument("scenario_files", metavar="SCENARIO.toml...", nargs=-1, required=True,
+                type=_INPUT)
+@click.option("--seed", type=int, default=None,
+              help="Override the seed of every scenario.")
+@click.option("--seeds", type=SeedList(), default=None,
+              help="Run each scenario with each of these seeds: N, A-B or a list like "
+                   "1,3,5-7.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help=f"Runs at a time, each in its own process; 1 runs them one after the "
+                   f"other in this process [default: the CPUs this process may use, "
+                   f"{_usable_cpus()} here].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write messages/migrations/programs/boards/actions/faults CSVs here.")
+              help="Write the CSVs (messages, migrations, programs, boards, actions, "
+                   "faults) here; a sweep's into DIR/<file stem>/seed-<N>/.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool) -> None:
-    """Run a simulated scenario (boards, programs, actions, faults) and summarise it."""
+def sim(scenario_files: tuple[Path, ...], seed: int | None, seeds: list[int] | None,
+        jobs: int | None, out: Path | None, progress: bool) -> None:
+    """Run simulated scenarios (boards, programs, actions, faults) and summarise them.
+
+    One SCENARIO.toml without --seeds is one run: it prints a per-board table and the
+    migrations, and writes its six CSVs into --out DIR.
+
+    Several scenarios, or --seeds, make a sweep: each scenario with each seed (without
+    --seeds, its own seed or --seed), --jobs runs at a time, each in its own process.
+    A sweep needs --out DIR, laid out as:
+
+    \b
+      DIR/runs.csv                 scenario, seed, folder, wall_s, ok, error
+      DIR/<file stem>/seed-<N>/    that run's six CSVs
+
+    For example `thingssim sim a.toml b.toml --seeds 1-8 --jobs 4 --out sweep` writes
+    sweep/a/seed-1/ to sweep/b/seed-8/. Each folder's CSVs are byte-identical to a lone
+    run of that scenario with that seed (only wall_s in runs.csv is measured). Every
+    file is checked before any run starts. A run that fails is reported with its
+    scenario and seed, its folder is left without CSVs, the other runs finish, and the
+    exit code is 1.
+    """
+    if seed is not None and seeds is not None:
+        raise click.UsageError("use either --seed or --seeds, not both")
+    if len(scenario_files) == 1 and seeds is None:
+        _sim_one(scenario_files[0], seed, out, progress)
+        return
+    if out is None:
+        raise click.UsageError("a sweep (several scenarios, or --seeds) needs --out DIR: "
+                               "each run writes DIR/<scenario file stem>/seed-<N>/")
+    _sweep(scenario_files, [seed] if seed is not None else seeds, jobs or _usable_cpus(),
+           out, progress)
+
+
+def _sim_one(scenario_file: Path, seed: int | None, out: Path | None,
+             progress: bool) -> None:
+    """One run, printed in full."""
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -242,15 +341,8 @@ def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool)
         scenario = Scenario.from_toml(scenario_file)  # its errors start with the file name
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from None
-    if out is not None:  # before running: a run whose CSVs cannot be written is wasted
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise click.ClickException(f"--out {out}: cannot create the directory "
-                                       f"({exc.strerror or exc})") from None
-        reason = _cannot_write_in(out)
-        if reason:
-            raise click.ClickException(f"--out {out}: cannot write there ({reason})")
+    if out is not None:
+        _make_out_dir(out)
     bar = tqdm(total=scenario.duration, unit="sim-s", disable=not progress,
                desc=scenario.name, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s "
                "[{elapsed}<{remaining}]")
@@ -279,6 +371,123 @@ def sim(scenario_file: Path, seed: int | None, out: Path | None, progress: bool)
             raise click.ClickException(f"--out {out}: {exc.strerror or exc}") from None
         click.echo(f"\nwritten: {', '.join(str(p) for p in paths)}")
     click.echo(f"run time: {time.perf_counter() - started:.1f} s")
+
+
+def _sweep_run(scenario: Any, seed: int, folder: Path) -> tuple[float, str | None, str]:
+    """One run of a sweep, in a pool process or in this one: ``(wall seconds, error,
+    traceback)``, error None if its CSVs were written.  Module level, so that a pool
+    process can find it by name."""
+    started = time.perf_counter()
+    try:
+        scenario.run(seed=seed).save(folder)
+    except Exception as exc:  # reported with its scenario and seed; the sweep goes on
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return time.perf_counter() - started, " ".join(error.split()), \
+            traceback.format_exc()
+    return time.perf_counter() - started, None, ""
+
+
+def _sweep(scenario_files: tuple[Path, ...], seeds: list[int] | None, jobs: int,
+           out: Path, progress: bool) -> None:
+    started = time.perf_counter()
+    from tqdm import tqdm
+
+    from .sim.scenario import CSV_NAMES, Scenario, ScenarioError
+
+    scenarios, errors = [], []
+    for path in scenario_files:  # every file before any run
+        try:
+            scenarios.append(Scenario.from_toml(path))
+        except ScenarioError as exc:
+            errors.append(str(exc))
+    if errors:
+        for error in errors[:-1]:
+            click.echo(f"Error: {error}", err=True)
+        raise click.ClickException(errors[-1])
+    by_stem: dict[str, Path] = {}
+    for path in scenario_files:
+        if path.stem in by_stem:
+            raise click.ClickException(
+                f"{by_stem[path.stem]} and {path} would both write {out / path.stem}: "
+                "give each scenario file its own name")
+        by_stem[path.stem] = path
+    runs = [(path, scenario, n, out / path.stem / f"seed-{n}")
+            for path, scenario in zip(scenario_files, scenarios)
+            for n in (seeds if seeds is not None else [scenario.seed])]
+    _make_out_dir(out)
+    for *_, folder in runs:
+        _make_out_dir(folder)
+
+    outcomes: dict[int, tuple[float, str | None, str]] = {}
+    bar = tqdm(total=len(runs), unit="run", desc="sim", disable=not progress)
+
+    def done(i: int, outcome: tuple[float, str | None, str]) -> None:
+        outcomes[i] = outcome
+        path, _, n, folder = runs[i]
+        if outcome[1] is not None:
+            for name in CSV_NAMES:  # no CSVs, not even stale ones: a folder with CSVs
+                try:  # is a run that worked
+                    (folder / f"{name}.csv").unlink()
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    pass
+            tqdm.write(f"run failed: {path} seed {n}:\n{outcome[2]}", file=sys.stderr,
+                       end="")
+        bar.update(1)
+
+    workers = min(jobs, len(runs))
+    if workers == 1:
+        for i, (_, scenario, n, folder) in enumerate(runs):
+            done(i, _sweep_run(scenario, n, folder))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # "spawn": each worker is a fresh interpreter, as a lone `thingssim sim` is.
+        # fork would copy this process mid-flight (tqdm's monitor thread, imported
+        # modules' state, open files): unsafe with threads, and deprecated by Python
+        # 3.12 for that reason; forkserver is not on every platform.  Spawning costs an
+        # import per worker (about a second), once per worker, not per run.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(_sweep_run, scenario, n, folder): i
+                       for i, (_, scenario, n, folder) in enumerate(runs)}
+            for future in as_completed(futures):
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # the worker process died (BrokenProcessPool)
+                    error = f"{type(exc).__name__}: {exc}"
+                    outcome = (float("nan"), error, error + "\n")
+                done(futures[future], outcome)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+
+    index = out / "runs.csv"
+    rows = [{"scenario": str(path), "seed": n, "folder": folder.relative_to(out).as_posix(),
+             "wall_s": f"{outcomes[i][0]:.3f}", "ok": outcomes[i][1] is None,
+             "error": outcomes[i][1] or ""}
+            for i, (path, _, n, folder) in enumerate(runs)]
+    try:
+        with open(index, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise click.ClickException(f"--out {index}: {exc.strerror or exc}") from None
+    width = max(len(r["scenario"]) for r in rows)
+    click.echo(f"\n{'scenario':<{width}}  {'seed':>6}  ok     wall_s  folder")
+    for r in rows:
+        click.echo(f"{r['scenario']:<{width}}  {r['seed']:>6}  {'yes' if r['ok'] else 'NO':<5}"
+                   f"{r['wall_s']:>9}  {r['folder']}")
+    click.echo(f"\nwritten: {index} and {len(rows)} folders under {out}")
+    click.echo(f"run time: {time.perf_counter() - started:.1f} s ({workers} "
+               f"{'process' if workers == 1 else 'processes'})")
+    failed = [r for r in rows if not r["ok"]]
+    if failed:
+        for r in failed:
+            click.echo(f"failed: {r['scenario']} seed {r['seed']}: {r['error']}", err=True)
+        raise click.ClickException(f"{len(failed)} of {len(rows)} runs failed "
+                                   f"(see {index})")
 
 
 _AUTH = [click.option("--username", "-u", default=None, help="Broker user name."),

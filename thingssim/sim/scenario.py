@@ -356,6 +356,10 @@ def _fault(where: str, item: dict) -> dict:
     return item
 
 
+#: the tables a run writes, as ``<name>.csv`` (``Results.save``)
+CSV_NAMES = ("messages", "migrations", "programs", "boards", "actions", "faults")
+
+
 @dataclass
 class Results:
     """Everything a scenario run produced, as DataFrames."""
@@ -375,7 +379,7 @@ class Results:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in ("messages", "migrations", "programs", "boards", "actions", "faults"):
+        for name in CSV_NAMES:
             path = out / f"{name}.csv"
             getattr(self, name).to_csv(path, index=False, float_format="%.9g",
                                        lineterminator="\n")
@@ -527,5 +531,5 @@ _MIGRATION_COLUMNS = ["migration_id", "instance_id", "code_name", "source", "tar
                       "started", "snapshot_s", "snapshot_bytes", "transfer_s", "restore_s",
                       "commit_s", "total_s", "ok", "error"]
 
-__all__ = ["ActionSpec", "BoardSpec", "FaultSpec", "ProgramSpec", "Results", "Scenario",
-           "ScenarioError"]
+__all__ = ["CSV_NAMES", "ActionSpec", "BoardSpec", "FaultSpec", "ProgramSpec", "Results",
+           "Scenario", "ScenarioError"]
