@@ -23,13 +23,13 @@ import os
 
 import faults as F
 import pytest
-import simpy
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from runtime.program import ProgramHost
 from runtime.transport import Message
+from thingssim.sim.clock import SimEnvironment
 from thingssim.sim.network import DROP, DUPLICATE, LinkProfile, Network, delay
 
 # ============================================================ the plumbing
@@ -37,7 +37,7 @@ FAST = LinkProfile(latency=0.001, bandwidth=100e6)
 
 
 def _net(**kwargs):
-    env = simpy.Environment()
+    env = SimEnvironment()
     net = Network(env, seed=1, **kwargs)
     return env, net
 

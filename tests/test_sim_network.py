@@ -8,7 +8,7 @@ import simpy
 
 from runtime.future import InvalidStateError
 from runtime.transport import Message
-from thingssim.sim.clock import SimFuture, SimPyClock
+from thingssim.sim.clock import SimEnvironment, SimFuture, SimPyClock
 from thingssim.sim.network import PUBLISH_OVERHEAD, BrokerProfile, LinkProfile, Network
 
 FAST = LinkProfile(latency=0.001, bandwidth=100e6)
@@ -16,7 +16,7 @@ FAST = LinkProfile(latency=0.001, bandwidth=100e6)
 
 def world(seed: int = 1, broker: BrokerProfile | None = None, trace: bool = True,
           **kwargs):
-    env = simpy.Environment()
+    env = SimEnvironment()
     return env, Network(env, seed=seed, broker=broker or BrokerProfile(), trace=trace,
                         **kwargs)
 
@@ -31,7 +31,7 @@ def at(net: Network, when: float, fn) -> None:
 
 # --------------------------------------------------------------------------- clock
 def test_clock_same_time_callbacks_run_in_scheduling_order_and_cancel():
-    env = simpy.Environment()
+    env = SimEnvironment()
     clock = SimPyClock(env)
     order = []
     for name in "abcde":
@@ -46,7 +46,7 @@ def test_clock_same_time_callbacks_run_in_scheduling_order_and_cancel():
 
 
 def test_clock_wakes_at_exactly_the_requested_time_and_clamps_the_past():
-    env = simpy.Environment()
+    env = SimEnvironment()
     clock = SimPyClock(env)
     seen = []
 
@@ -61,7 +61,7 @@ def test_clock_wakes_at_exactly_the_requested_time_and_clamps_the_past():
 
 
 def test_clock_interleaves_with_simpy_processes_in_order():
-    env = simpy.Environment()
+    env = SimEnvironment()
     clock = SimPyClock(env)
     order = []
 
@@ -87,7 +87,7 @@ class Rejected(Exception):
 
 
 def test_simfuture_yielded_by_a_process_success_and_exception():
-    env = simpy.Environment()
+    env = SimEnvironment()
     clock = SimPyClock(env)
     ok, bad = clock.create_future(), clock.create_future()
     assert isinstance(ok, SimFuture) and isinstance(ok, simpy.Event)
@@ -128,7 +128,7 @@ def test_simfuture_yielded_by_a_process_success_and_exception():
 
 
 def test_simfuture_failure_nobody_waits_for_does_not_crash_and_callbacks_run():
-    env = simpy.Environment()
+    env = SimEnvironment()
     clock = SimPyClock(env)
     fut = clock.create_future()
     calls = []

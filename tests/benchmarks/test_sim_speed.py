@@ -14,6 +14,7 @@ import time
 
 import simpy
 
+from thingssim.sim.clock import SimEnvironment
 from thingssim.sim.network import LinkProfile, Network
 
 MESSAGES = 20_000
@@ -21,7 +22,7 @@ PERIOD = 0.001
 
 
 def run_bare_relay(n: int = MESSAGES) -> int:
-    env = simpy.Environment()
+    env = SimEnvironment()
     store = simpy.Store(env)
     received = [0]
 
@@ -42,7 +43,7 @@ def run_bare_relay(n: int = MESSAGES) -> int:
 
 
 def run_network(n: int = MESSAGES, trace: bool = False, qos: int = 0) -> int:
-    env = simpy.Environment()
+    env = SimEnvironment()
     net = Network(env, seed=1, trace=trace)
     profile = LinkProfile(latency=0.002, bandwidth=10e6, jitter=0.001)
     pub = net.client("pub", net.add_link("pub", profile))

@@ -1,64 +1,135 @@
-"""The core's :class:`~runtime.clock.Clock` on a SimPy environment.
+"""The core's :class:`~runtime.clock.Clock` on SimPy, and the environment it runs in.
+
+``SimEnvironment`` is a ``simpy.Environment`` subclass (as SimPy's own ``rt.py`` is one)
+that owns its event queue through SimPy's public methods (``now``, ``schedule``, ``peek``,
+``step``, ``run``) and adds :meth:`SimEnvironment.call_at`: run a plain callback at an
+*exact* time.  Why: ``call_at`` is the hot path (every timer of every program, every
+network hop), so a wake-up is one small slotted object on the queue instead of a
+``simpy.Event`` with its callback list; and SimPy's ``schedule`` adds a delay to ``now``,
+while ``now + (when - now)`` is not always ``when`` in floating point (the core compares
+due times, so it must wake exactly when it asked).  Callbacks use SimPy's ``NORMAL``
+priority and the same event counter as SimPy's events, so callbacks due at the same time
+run in the order they were scheduled, interleaved correctly with SimPy's own timeouts and
+processes.  Nothing here reads SimPy's private attributes.
 
 ``SimPyClock`` lets the transport-independent core (ProgramHost, CodeEngine, Dispatcher)
-run unchanged inside a SimPy simulation: its wake-ups become SimPy events, its futures
+run unchanged inside the simulation: its wake-ups are ``call_at`` callbacks, its futures
 are SimPy events a process can ``yield``.
-
-Why not ``env.timeout`` or a process per callback: ``call_at`` is on the hot path (every
-timer of every program, every network hop), so a wake-up is one bare event-shaped object
-pushed on SimPy's own queue.  It is pushed at the *exact* requested time (SimPy's
-``schedule`` adds a delay to ``now``, and ``now + (when - now)`` is not always ``when`` in
-floating point; the core compares due times, so it must wake exactly when it asked).
-That needs ``Environment._queue`` and ``_eid`` (SimPy 4, pinned ``<5``); entries use
-SimPy's ``NORMAL`` priority and its event counter, so callbacks due at the same time run
-in the order they were scheduled, interleaved correctly with SimPy's own timeouts.
 """
 
 from __future__ import annotations
 
-from heapq import heappush
+from heapq import heappop, heappush
+from itertools import count
 from typing import Any, Callable
 
 import simpy
-from simpy.events import NORMAL, PENDING
+from simpy.core import EmptySchedule, StopSimulation
+from simpy.events import NORMAL, URGENT, Event
 
 from runtime.future import InvalidStateError
 
-__all__ = ["SimFuture", "SimPyClock", "schedule_call"]
+__all__ = ["SimEnvironment", "SimFuture", "SimPyClock"]
 
 
 class _Call:
-    """An event-shaped object SimPy's ``step()`` can process: ``fn(*args)`` when due.
+    """A callback on the queue: ``fn(*args)`` when due; ``fn = None`` cancels it."""
 
-    Cheaper than a ``simpy.Event`` (slots, no ``__init__`` chain); SimPy only touches
-    ``callbacks`` and ``_ok``.  ``fn = None`` cancels it.
-    """
-
-    __slots__ = ("callbacks", "fn", "args")
-    _ok = True
-    _value = None
+    __slots__ = ("fn", "args")
 
     def __init__(self, fn: Callable[..., Any] | None, args: tuple) -> None:
-        self.callbacks = [_run_call]
         self.fn = fn
         self.args = args
 
 
-def _run_call(event: _Call) -> None:
-    fn = event.fn
-    if fn is not None:
-        event.fn = None
-        fn(*event.args)
+class SimEnvironment(simpy.Environment):
+    """A SimPy environment that also runs plain callbacks at exact times (see the module
+    docstring).  Everything SimPy offers (processes, timeouts, events) works as usual."""
 
+    def __init__(self, initial_time: float = 0.0) -> None:
+        super().__init__(initial_time)
+        self._time = initial_time
+        self._events: list[tuple] = []  # (time, priority, seq, event or _Call)
+        self._seq = count()
 
-def schedule_call(env: simpy.Environment, when: float, fn: Callable[..., Any],
-                  *args: Any) -> _Call:
-    """Run ``fn(*args)`` at absolute time ``when`` (clamped to now); returns a handle whose
-    ``fn`` can be set to None to cancel."""
-    now = env._now
-    call = _Call(fn, args)
-    heappush(env._queue, (when if when > now else now, NORMAL, next(env._eid), call))
-    return call
+    @property
+    def now(self) -> float:
+        return self._time
+
+    def schedule(self, event: Event, priority: int = NORMAL, delay: float = 0) -> None:
+        heappush(self._events, (self._time + delay, priority, next(self._seq), event))
+
+    def peek(self) -> float:
+        return self._events[0][0] if self._events else float("inf")
+
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> _Call:
+        """Run ``fn(*args)`` at time ``when`` exactly (now, if ``when`` has passed);
+        returns a handle for :meth:`cancel`."""
+        call = _Call(fn, args)
+        now = self._time
+        heappush(self._events, (when if when > now else now, NORMAL, next(self._seq), call))
+        return call
+
+    @staticmethod
+    def cancel(call: _Call) -> None:
+        """Cancel a :meth:`call_at` callback (a no-op once it ran)."""
+        call.fn = None
+
+    def step(self) -> None:
+        try:
+            self._time, _, _, event = heappop(self._events)
+        except IndexError:
+            raise EmptySchedule from None
+        if event.__class__ is _Call:
+            fn = event.fn
+            if fn is not None:
+                event.fn = None
+                fn(*event.args)
+            return
+        self._process(event)
+
+    def _process(self, event: Event) -> None:
+        """What ``simpy.Environment.step`` does with an event, through its public API."""
+        callbacks, event.callbacks = event.callbacks, None
+        try:
+            for callback in callbacks:
+                callback(event)
+        except StopSimulation:
+            event.callbacks = callbacks[callbacks.index(callback) + 1:]
+            self.schedule(event, -1)
+            raise
+        if not event.ok and not event.defused:
+            value = event.value
+            exc = type(value)(*value.args)
+            exc.__cause__ = value
+            raise exc
+
+    def run(self, until: float | Event | None = None) -> Any:
+        """As ``simpy.Environment.run``; a numeric ``until`` runs a tight loop (no
+        ``step()`` call per event) and stops where SimPy would: before the events due at
+        ``until`` that were not scheduled as urgent before it."""
+        if until is None or isinstance(until, Event):
+            return super().run(until)
+        at = until if isinstance(until, int) else float(until)
+        if at <= self._time:
+            raise ValueError(f"until ({at}) must be greater than the current simulation time")
+        stop = (self._time + (at - self._time), URGENT, next(self._seq))
+        events = self._events
+        process = self._process
+        while events and events[0] < stop:
+            self._time, _, _, event = heappop(events)
+            if event.__class__ is _Call:
+                fn = event.fn
+                if fn is not None:
+                    event.fn = None
+                    fn(*event.args)
+            else:
+                try:
+                    process(event)
+                except StopSimulation as exc:  # an inner run(until=event) stopped here
+                    return exc.args[0]
+        self._time = stop[0]
+        return None
 
 
 class _Carrier(Exception):
@@ -104,35 +175,33 @@ class SimFuture(simpy.Event):
     """
 
     def set_result(self, value: Any = None) -> None:
-        if self._value is not PENDING:
+        if self.triggered:
             raise InvalidStateError("future already completed")
         self.succeed(value)
 
     def set_exception(self, exc: BaseException) -> None:
-        if self._value is not PENDING:
+        if self.triggered:
             raise InvalidStateError("future already completed")
         if not isinstance(exc, BaseException):
             raise TypeError(f"{exc!r} is not an exception")
         self._exception = exc
-        self._ok = False
-        self._value = _carrier(exc)
-        self._defused = True
-        self.env.schedule(self)
+        self.fail(_carrier(exc))
+        self.defused = True
 
     def done(self) -> bool:
-        return self._value is not PENDING
+        return self.triggered
 
     def result(self) -> Any:
-        if self._value is PENDING:
+        if not self.triggered:
             raise InvalidStateError("result is not ready yet")
-        if not self._ok:
+        if not self.ok:
             raise self._exception
-        return self._value
+        return self.value
 
     def exception(self) -> BaseException | None:
-        if self._value is PENDING:
+        if not self.triggered:
             raise InvalidStateError("result is not ready yet")
-        return None if self._ok else self._exception
+        return None if self.ok else self._exception
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         if self.callbacks is None:  # already processed
@@ -142,25 +211,23 @@ class SimFuture(simpy.Event):
 
 
 class SimPyClock:
-    """The Clock protocol on a SimPy environment (see the module docstring)."""
+    """The Clock protocol on a :class:`SimEnvironment` (see the module docstring)."""
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: SimEnvironment) -> None:
+        if not isinstance(env, SimEnvironment):
+            raise TypeError("the simulation needs a thingssim.sim.clock.SimEnvironment "
+                            f"(a simpy.Environment with exact-time callbacks), not {env!r}")
         self.env = env
-        self._queue = env._queue
-        self._eid = env._eid
+        self._call_at = env.call_at
 
     def now(self) -> float:
-        return self.env._now
+        return self.env._time
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> _Call:
-        now = self.env._now
-        when = float(when)
-        call = _Call(callback, ())
-        heappush(self._queue, (when if when > now else now, NORMAL, next(self._eid), call))
-        return call
+        return self._call_at(float(when), callback)
 
     def call_later(self, delay: float, callback: Callable[[], Any]) -> _Call:
-        return self.call_at(self.env._now + delay, callback)
+        return self._call_at(self.env._time + delay, callback)
 
     def cancel(self, handle: Any) -> None:
         handle.fn = None

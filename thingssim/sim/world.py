@@ -22,15 +22,13 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import simpy
-
 from runtime.dispatcher import Dispatcher
 from runtime.engine import CodeEngine
 from runtime.journal import MemoryJournal
 from runtime.transport import Message
 
 from .boards import BoardProfile, get_profile
-from .clock import SimPyClock
+from .clock import SimEnvironment, SimPyClock
 from .network import BrokerProfile, LinkProfile, Network
 
 
@@ -298,7 +296,7 @@ class World:
                  cost: CostModel | None = None, trace: bool = True,
                  keepalive: float = 10.0) -> None:
         self.seed = seed
-        self.env = simpy.Environment()
+        self.env = SimEnvironment()
         self.clock = SimPyClock(self.env)
         self.network = Network(self.env, seed=seed, broker=broker or BrokerProfile(),
                                trace=trace)
