@@ -4,20 +4,29 @@ It keeps MQTT's semantics that the core relies on (wildcards, retained messages,
 per-topic order) but has no network: delivery happens on the next clock turn.  Tests
 that claim to test MQTT use a real broker; tests of the simulated world use
 ``thingssim.sim.network``.
+
+Dispatch follows :mod:`runtime.subscriptions`, like the other transports: each handler
+once per message however many of its filters match, and a handler that raises is
+logged (and passed to the broker's ``on_error``) without keeping the others from the
+message.  A subscription's retained messages go only to the handler it registered, if it
+still holds the filter when they arrive.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from .clock import Clock
+from .subscriptions import ErrorCallback, SubscriptionTable
 from .topics import topic_matches
 from .transport import ConnectionListener, Message, MessageHandler
 
 
 class MemoryBroker:
-    def __init__(self, clock: Clock) -> None:
+    """``on_error(handler, message, exc)``: told about every handler of every client that
+    raises (e.g. to fail a test); errors are logged either way."""
+
+    def __init__(self, clock: Clock, on_error: ErrorCallback | None = None) -> None:
         self.clock = clock
+        self.on_error = on_error
         self.clients: list[MemoryTransport] = []
         self.retained: dict[str, Message] = {}
         self.log: list[Message] = []
@@ -42,7 +51,7 @@ class MemoryTransport:
         self.broker = broker
         self.client_id = client_id
         self._connected = False
-        self._subs: list[tuple[str, MessageHandler]] = []
+        self._subs = SubscriptionTable(broker.on_error, owner=client_id)
         self._listeners: list[ConnectionListener] = []
         self._will: Message | None = None
 
@@ -76,20 +85,23 @@ class MemoryTransport:
         self.broker.clock.call_at(self.broker.clock.now(), lambda: self.broker.route(message))
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        self._subs.append((topic_filter, handler))
+        self._subs.add(topic_filter, handler, qos)
+        clock = self.broker.clock
         for message in list(self.broker.retained.values()):
             if topic_matches(topic_filter, message.topic):
-                self.broker.clock.call_at(self.broker.clock.now(),
-                                          lambda m=message: handler(m))
+                clock.call_at(clock.now(), lambda m=message: self._retained(topic_filter,
+                                                                            handler, m))
 
     def unsubscribe(self, topic_filter: str, handler: MessageHandler | None = None) -> None:
-        self._subs = [(f, h) for f, h in self._subs
-                      if not (f == topic_filter and (handler is None or h == handler))]
+        self._subs.remove(topic_filter, handler)
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._listeners.append(listener)
 
-    def _deliver(self, message: Any) -> None:
-        for topic_filter, handler in list(self._subs):
-            if topic_matches(topic_filter, message.topic):
-                handler(message)
+    def _deliver(self, message: Message) -> None:
+        self._subs.dispatch(message)
+
+    def _retained(self, topic_filter: str, handler: MessageHandler, message: Message) -> None:
+        """A retained message for the subscription that ``handler`` made."""
+        self._subs.deliver(message, [h for h in self._subs.handlers_of(topic_filter)
+                                     if h is handler or h == handler])

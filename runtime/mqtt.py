@@ -14,9 +14,10 @@ in the order paho read the packets.  The core calls ``publish``/``subscribe``/
 ``unsubscribe`` on the loop thread.  What that relies on in paho 2.x: ``Client.publish``,
 ``subscribe`` and ``unsubscribe`` append the packet to a ``deque`` (atomic under the
 GIL), guard QoS > 0 state with ``_out_message_mutex`` and wake the network thread
-through its socket pair; the network thread does all socket reads and writes.  The table
-of filters that the network thread re-subscribes on reconnect is guarded by a lock here;
-handler tables are touched only on the loop thread.
+through its socket pair; the network thread does all socket reads and writes.  The
+subscription table (:class:`runtime.subscriptions.SubscriptionTable`) is touched only on
+the loop thread; the network thread re-subscribes on reconnect from a copy of its
+filters and their QoS, kept under a lock here.
 
 **No thread** (``io="asyncio"``).  paho's socket is driven by the asyncio loop itself
 (``add_reader``/``add_writer`` and a 1 s ``loop_misc`` timer, paho's documented
@@ -69,11 +70,13 @@ message sent but not acknowledged before the break may arrive twice.
 so overlapping filters there call handlers once per copy); each incoming message calls
 every handler whose filter matches (:func:`runtime.topics.topic_matches`), each handler
 once (filters in the order they were first subscribed, then handlers in the order they
-were added) -- the simulator's rule. Retained copies (``retain=True``, sent only because
-of a SUBSCRIBE) go only to handlers that have not yet received any message on that topic
-since they subscribed (or since the last reconnect): a second handler subscribing to a
-filter gets the retained messages, the handlers already there do not get them twice.
-A handler that raises is logged; the other handlers still get the message.
+were added) -- the rules of :mod:`runtime.subscriptions`, shared with the simulator and
+the memory transport. Retained copies (``retain=True``, sent only because of a SUBSCRIBE)
+go only to handlers that have not yet received any message on that topic since they
+subscribed (or since the last reconnect): a second handler subscribing to a filter gets
+the retained messages, the handlers already there do not get them twice.  A handler
+that raises is logged (logger ``runtime.subscriptions``, with its traceback); the other
+handlers still get the message.
 
 TCP_NODELAY is set on the socket (paho does not).  Payloads up to MQTT's 256 MB limit
 work; keepalive is rounded up to whole seconds (MQTT's unit), at least 1.
@@ -101,7 +104,8 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .topics import topic_matches, validate_filter, validate_topic
+from .subscriptions import SubscriptionTable
+from .topics import validate_topic
 from .transport import ConnectionListener, Message, MessageHandler
 
 log = logging.getLogger(__name__)
@@ -116,9 +120,9 @@ _PERMANENT = {0x84: "unsupported protocol version", 0x85: "client identifier rej
               0x86: "bad user name or password", 0x87: "not authorised"}
 _SUBSCRIBE_CHUNK = 64  # filters per SUBSCRIBE packet when re-subscribing
 _BARRIER = "thingssim/connect-barrier"  # unsubscribed on connect; never subscribed
-_SEEN_LIMIT = 4096  # topics remembered per handler to keep retained copies single
-_DISPATCH_CACHE_LIMIT = 10_000
-
+#: topics whose last delivery is remembered to keep retained copies single (beyond it
+#: the oldest is forgotten: its next retained copy reaches every matching handler again)
+_SEEN_LIMIT = 65_536
 
 
 class _DemoteExpected(logging.Filter):
@@ -189,24 +193,6 @@ def _redact(url: str) -> str:
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     return f"{scheme}{sep}{userinfo}@{tail}"
-
-
-class _Sub:
-    """One handler on one filter, with the topics it has had messages on."""
-
-    __slots__ = ("handler", "seen", "active")
-
-    def __init__(self, handler: MessageHandler) -> None:
-        self.handler = handler
-        self.seen: dict[str, None] = {}
-        self.active = True
-
-    def mark(self, topic: str) -> None:
-        seen = self.seen
-        if topic not in seen:
-            seen[topic] = None
-            if len(seen) > _SEEN_LIMIT:
-                del seen[next(iter(seen))]
 
 
 class MqttTransport:
@@ -283,10 +269,16 @@ class MqttTransport:
         self._purge_pending = False
         self._listeners: list[ConnectionListener] = []
         self._waiters: list[asyncio.Future] = []
-        self._subs: dict[str, list[_Sub]] = {}  # loop thread only
-        self._dispatch: dict[str, tuple[_Sub, ...]] = {}  # topic -> matching subs (cache)
+        self._subs = SubscriptionTable(owner=client_id)  # loop thread only
         self._lock = threading.Lock()
-        self._qos: dict[str, int] = {}  # filter -> qos; also read by the network thread
+        self._qos: dict[str, int] = {}  # _subs.filters(), for the network thread
+        # Retained copies go to handlers with no message on the topic since they
+        # subscribed: a stamp counts subscribe() calls; _since[(filter, id(handler as
+        # held by _subs))] is the stamp of that handler's last subscribe() of that
+        # filter, _seen[topic] the stamp when a message on topic was last handed out.
+        self._stamp = 0
+        self._since: dict[tuple[str, int], int] = {}
+        self._seen: dict[str, int] = {}  # emptied on reconnect
         self._reported_unreachable = False
         self._delay = self.reconnect_min  # asyncio mode: next back-off
         self._timer: asyncio.TimerHandle | None = None  # asyncio mode: misc or retry
@@ -370,38 +362,30 @@ class MqttTransport:
                             self.max_queued, topic, self.dropped)
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        validate_filter(topic_filter)
         qos = _check_qos(qos)
-        entries = self._subs.setdefault(topic_filter, [])
-        for entry in entries:
-            if entry.handler == handler:
-                entry.seen.clear()  # subscribing again: it gets the retained messages again
+        subs = self._subs
+        subs.add(topic_filter, handler, qos)  # (validates the filter)
+        self._stamp += 1
+        for held in subs.handlers_of(topic_filter):
+            if held is handler or held == handler:
+                # subscribing (again): it gets the retained messages (again)
+                self._since[(topic_filter, id(held))] = self._stamp
                 break
-        else:
-            entries.append(_Sub(handler))
-        self._dispatch.clear()
+        qos = subs.qos(topic_filter)
         with self._lock:
-            qos = self._qos[topic_filter] = max(qos, self._qos.get(topic_filter, 0))
+            self._qos[topic_filter] = qos
         # always sent, even for a filter already held: the broker then sends the retained
-        # messages, which only the new handler takes (see _deliver); offline, paho refuses
+        # messages, which only the new handler takes (see _fresh); offline, paho refuses
         # it and the next CONNACK re-subscribes everything
         self._client.subscribe(topic_filter, qos)
 
     def unsubscribe(self, topic_filter: str, handler: MessageHandler | None = None) -> None:
-        entries = self._subs.get(topic_filter)
-        if not entries:
+        subs = self._subs
+        for held in subs.handlers_of(topic_filter):
+            if handler is None or held is handler or held == handler:
+                self._since.pop((topic_filter, id(held)), None)
+        if not subs.remove(topic_filter, handler):
             return
-        keep = []
-        for entry in entries:
-            if handler is None or entry.handler == handler:
-                entry.active = False
-            else:
-                keep.append(entry)
-        self._dispatch.clear()
-        if keep:
-            self._subs[topic_filter] = keep
-            return
-        del self._subs[topic_filter]
         with self._lock:
             self._qos.pop(topic_filter, None)
         self._client.unsubscribe(topic_filter)
@@ -604,9 +588,7 @@ class MqttTransport:
     def _on_session(self, gen: int) -> None:
         if gen != self._gen or self._closing:
             return
-        for entries in self._subs.values():  # re-subscribed: retained messages come again
-            for entry in entries:
-                entry.seen.clear()
+        self._seen.clear()  # re-subscribed: the retained messages come again, for everyone
 
     def _on_up(self, gen: int) -> None:
         if gen != self._gen or self._closing:
@@ -657,29 +639,29 @@ class MqttTransport:
         if gen != self._gen:
             return
         topic = message.topic
-        entries = self._dispatch.get(topic)
-        if entries is None:
-            entries = tuple(entry for topic_filter, subs in self._subs.items()
-                            if topic_matches(topic_filter, topic) for entry in subs)
-            if len(self._dispatch) >= _DISPATCH_CACHE_LIMIT:
-                self._dispatch.clear()
-            self._dispatch[topic] = entries
-        if not entries:
+        subs = self._subs
+        handlers = self._fresh(topic) if message.retain else subs.handlers_for(topic)
+        if not handlers:
             return
-        retained = message.retain
-        called: list[MessageHandler] = []
-        for entry in entries:
-            if not entry.active or (retained and topic in entry.seen):
-                continue
-            entry.mark(topic)
-            handler = entry.handler
-            if any(handler is h or handler == h for h in called):
-                continue
-            called.append(handler)
-            try:
-                handler(message)
-            except Exception:  # noqa: BLE001 - the other handlers still get the message
-                log.exception("%s: handler %r failed on %s", self.client_id, handler, topic)
+        seen = self._seen
+        seen[topic] = self._stamp
+        if len(seen) > _SEEN_LIMIT:
+            del seen[next(iter(seen))]
+        subs.deliver(message, handlers)
+
+    def _fresh(self, topic: str) -> tuple[MessageHandler, ...]:
+        """The handlers a retained copy on ``topic`` is for: those holding a matching
+        filter that they subscribed (to) after the last message on ``topic``."""
+        subs = self._subs
+        last = self._seen.get(topic)
+        since = self._since
+        found: list[MessageHandler] = []
+        for topic_filter in subs.filters_for(topic):
+            for handler in subs.handlers_of(topic_filter):
+                if (last is None or since.get((topic_filter, id(handler)), 0) > last) \
+                        and handler not in found:
+                    found.append(handler)
+        return tuple(found)
 
     # ------------------------------------------------------------------ io="asyncio"
     # All on the loop thread, except the socket callbacks paho makes from the executor

@@ -5,10 +5,13 @@ nothing else: no sockets, no threads, no SimPy.  Implementations:
 
 - ``thingssim.sim.network.SimTransport``: a board's client in the SimPy network;
 - ``runtime.memory.MemoryTransport``: instant in-process delivery, for unit tests;
-- the paho-mqtt transport for real brokers (next issue).
+- ``runtime.mqtt.MqttTransport``: paho-mqtt on a real broker.
 
 Every callback (message handlers, connection listeners) is invoked on the thread/loop
-that drives the core's :class:`~runtime.clock.Clock`, never concurrently.
+that drives the core's :class:`~runtime.clock.Clock`, never concurrently.  Which handlers
+a message goes to, in which order, and what a raising handler does are the rules of
+:mod:`runtime.subscriptions` (``SimTransport`` lets a raising handler's exception through
+until it adopts that table).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class Transport(Protocol):
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
         """Call ``handler(message)`` for every message matching ``topic_filter``
-        (``+``/``#`` wildcards).  Retained messages matching it are delivered first."""
+        (``+``/``#`` wildcards), once per message however many of its filters match.
+        Retained messages matching it are delivered first."""
 
     def unsubscribe(self, topic_filter: str, handler: MessageHandler | None = None) -> None:
         """Remove one handler from ``topic_filter``, or all of them."""
