@@ -125,6 +125,10 @@ class CodeEngine:
         self._booted = False
         self._filters: dict[str, Handler] = {}  # transport filters held for programs
         self._resource_timer: Any = None
+        self._engine_report = p.StampedEncoder()
+        self._engine_usage: tuple[Any, dict] = (None, {})  # (meter's usage, report body)
+        #: instance id -> (host, its resource topic, its report encoder)
+        self._program_reports: dict[str, tuple[ProgramHost, str, p.StampedEncoder]] = {}
         self._requester: Requester | None = None
         self._engine_cmds: dict[str, Handler] = {
             "run_code": self._cmd_run_code, "kill_code": self._cmd_kill_code,
@@ -181,6 +185,7 @@ class CodeEngine:
         self.running = False
         hosts = list(self.programs.values())
         self.programs.clear()
+        self._program_reports.clear()
         for host in hosts:
             host.kill()
         self._cancel(self._resource_timer)
@@ -363,14 +368,21 @@ class CodeEngine:
         if not self.running:
             return
         now = self.clock.now()
-        usage = self.meter.engine_usage()
-        self.transport.publish(p.engine_topic(self.id, "resource"), p.encode(
-            {"timestamp": now, "memory_limit": self.memory_limit, **usage}), qos=0)
+        meter = self.meter
+        publish = self.transport.publish
+        usage = meter.engine_usage()
+        if usage is not self._engine_usage[0]:  # a meter may hand back the same dict
+            self._engine_usage = (usage, {"memory_limit": self.memory_limit, **usage})
+        publish(p.engine_topic(self.id, "resource"),
+                self._engine_report.encode(now, self._engine_usage[1]), 0)
+        reports = self._program_reports
         for iid, host in list(self.programs.items()):
             if host.alive and iid not in self._prepared:
-                self.transport.publish(
-                    p.program_topic(host.code_name, host.instance_id, "resource"),
-                    p.encode({"timestamp": now, **self.meter.program_usage(host)}), qos=0)
+                entry = reports.get(iid)
+                if entry is None or entry[0] is not host:
+                    entry = reports[iid] = (host, p.program_topic(
+                        host.code_name, iid, "resource"), p.StampedEncoder())
+                publish(entry[1], entry[2].encode(now, meter.program_usage(host)), 0)
         self._schedule_resources()
 
     def _on_bcast(self, message: Message) -> None:
@@ -512,6 +524,7 @@ class CodeEngine:
         iid = host.instance_id
         if self.programs.get(iid) is host:
             del self.programs[iid]
+            self._program_reports.pop(iid, None)
             self.epochs.pop(iid, None)
             self.journal.disown(iid)
         host.kill()

@@ -25,7 +25,10 @@ class Meter(Protocol):
         """The program left the board."""
 
     def engine_usage(self) -> dict:
-        """``{"memory": {"rss": bytes}, "cpu": percent, "device_memory": free bytes}``."""
+        """``{"memory": {"rss": bytes}, "cpu": percent, "device_memory": free bytes}``.
+
+        A meter may return the very same dict again while nothing changed (the engine
+        then reuses its encoded report); it must not mutate a dict it handed out."""
 
     def program_usage(self, host: Any) -> dict:
         """``{"memory": {"rss": bytes}, "cpu": percent}``."""

@@ -31,6 +31,7 @@ from .snapshot.errors import RestoreError, SnapshotError
 from .snapshot.modules import ProgramModules
 from .snapshot.sites import SiteIndex
 from .topics import topic_matches, validate_filter, validate_topic
+from .wirejson import to_json
 
 _TIMER, _MESSAGE = 0, 1
 #: events due within this much of a horizon still run (absorbs float rounding of splits)
@@ -59,7 +60,6 @@ class _Timer:
         self.seq = seq
 
 
-_to_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def encode_payload(payload: Any) -> bytes:
@@ -67,7 +67,7 @@ def encode_payload(payload: Any) -> bytes:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload)
     try:
-        return _to_json(payload).encode("utf-8")
+        return to_json(payload).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise TypeError(f"payload must be bytes or JSON-serialisable: {exc}") from None
 

@@ -35,11 +35,13 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from runtime.topics import topic_matches, validate_filter, validate_topic
 from runtime.transport import ConnectionListener, Message, MessageHandler
 
+from .clock import NORMAL, _Call
 from .intercept import DELIVER, DROP, DUPLICATE, action
 from .link import (
     CONNECT_OVERHEAD,
@@ -82,6 +84,9 @@ class SimTransport:
         self._attempt_no = 0
         self._clean = True
         self._will: Message | None = None
+        #: when each core of the board is next free (``Board.cores``): messages leave
+        #: once core 0, the engine's thread that relays them, is free; None: at once
+        self.gate: list[float] | None = None
         self._filters: dict[str, int] = {}
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._dispatch: dict[str, tuple[MessageHandler, ...]] = {}
@@ -142,18 +147,52 @@ class SimTransport:
                             lambda: broker.client_silent(self, token))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        net = self.network
+        gate = self.gate
+        if gate is not None and gate[0] > net.env._time:  # the board's relay is busy
+            net._call_at(gate[0], self._publish_late, self._life, topic, payload, qos, retain)
+            return
+        self._publish(topic, payload, qos, retain)
+
+    def _publish_late(self, life: int, topic: str, payload: bytes, qos: int,
+                      retain: bool) -> None:
+        if life == self._life:  # not if the board crashed meanwhile
+            self._publish(topic, payload, qos, retain)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """``publish`` once the board's CPU has let the message go."""
+        net = self.network
+        if (self._state is CONNECTED and qos == 0 and not retain and type(payload) is bytes
+                and net._interceptor is None):
+            base = net._topic_bytes.get(topic)
+            if base is not None:  # the hot path: a known topic, QoS 0, connected
+                now = net.env._time
+                pub = Packet(next(net._ids), topic, payload, 0, False, now, base + len(payload))
+                net.published += 1
+                rows = net._rows
+                if rows is not None:
+                    rows.append((now, "publish", self.client_id, topic, pub.wire, 0, pub.id,
+                                 None, None))
+                link = self.link
+                arrival = link.up_dir.send(now, pub.wire, True)
+                if arrival < 0:
+                    net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
+                    return
+                env = net.env
+                heappush(env._events, (arrival, NORMAL, next(env._seq), _Call(
+                    net._arrive_publish, (self, pub, link.epoch))))
+                return
         if self._state is VANISHED:
             return
         if qos != 0 and qos != 1:
             raise ValueError(f"qos must be 0 or 1, got {qos!r}")
-        net = self.network
         base = net._topic_bytes.get(topic)
         if base is None:
             base = net._topic_base(topic)  # validates it
         if type(payload) is not bytes:
             payload = bytes(payload)
         now = net.env._time
-        pub = Packet(next(net._ids), topic, payload, qos, bool(retain), now, self.client_id,
+        pub = Packet(next(net._ids), topic, payload, qos, bool(retain), now,
                      base + len(payload))
         net.published += 1
         if net._interceptor is not None:
@@ -243,7 +282,7 @@ class SimTransport:
         self._life += 1
         self._frozen = False
         self._held.clear()
-        self.__dict__.pop("publish", None)
+        self.__dict__.pop("_publish", None)
         net.broker.client_silent(self, None)
 
     @property
@@ -260,7 +299,7 @@ class SimTransport:
             return
         net = self.network
         self._frozen = True
-        self.publish = self._hold_publish  # the class's publish() keeps no frozen test
+        self._publish = self._hold_publish  # the class's _publish() keeps no frozen test
         net._row("freeze", self.client_id, None, None, None, None, None, None)
         if self._state is CONNECTED:
             net.broker.client_silent(self, self._conn)
@@ -275,7 +314,7 @@ class SimTransport:
         net = self.network
         broker = net.broker
         self._frozen = False
-        self.__dict__.pop("publish", None)
+        self.__dict__.pop("_publish", None)
         net._row("thaw", self.client_id, None, None, None, None, None, None)
         if self._state is CONNECTED:
             session = broker.sessions.get(self.client_id)
@@ -290,7 +329,7 @@ class SimTransport:
 
     def _hold_publish(self, topic: str, payload: bytes, qos: int = 0,
                       retain: bool = False) -> None:
-        self._held.append(("publish", (topic, payload, qos, retain)))
+        self._held.append(("_publish", (topic, payload, qos, retain)))
 
     def _hold(self, name: str, args: tuple) -> None:
         self._held.append((name, args))
@@ -444,7 +483,7 @@ class SimTransport:
         if arrival < 0:
             net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
             return
-        net._call_at(arrival, net.broker.arrive_publish, self, pub, link.epoch)
+        net._call_at(arrival, net._arrive_publish, self, pub, link.epoch)
 
     def _resend(self, entry: list) -> None:
         pub = entry[0]

@@ -29,7 +29,7 @@ from simpy.events import NORMAL, URGENT, Event
 
 from runtime.future import InvalidStateError
 
-__all__ = ["SimEnvironment", "SimFuture", "SimPyClock"]
+__all__ = ["NORMAL", "SimEnvironment", "SimFuture", "SimPyClock"]
 
 
 class _Call:

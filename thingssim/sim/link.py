@@ -77,18 +77,16 @@ class LinkProfile:
 class Packet:
     """One application message as published (copies and retransmissions share it)."""
 
-    __slots__ = ("id", "topic", "payload", "qos", "retain", "t0", "publisher", "wire",
-                 "seen", "m0", "m1")
+    __slots__ = ("id", "topic", "payload", "qos", "retain", "t0", "wire", "seen", "m0", "m1")
 
     def __init__(self, msg_id: int, topic: str, payload: bytes, qos: int, retain: bool,
-                 t0: float, publisher: str, wire: int) -> None:
+                 t0: float, wire: int) -> None:
         self.id = msg_id
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
         self.t0 = t0
-        self.publisher = publisher
         self.wire = wire  # bytes on the wire (see the module docstring)
         # clients that got a copy: only QoS 1 can be duplicated
         self.seen: set[str] | None = set() if qos else None

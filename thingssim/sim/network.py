@@ -95,6 +95,7 @@ class Network:
         #: validated topics -> their PUBLISH bytes without the payload
         self._topic_bytes: dict[str, int] = {}
         self.broker = Broker(self, broker, max_queued)
+        self._arrive_publish = self.broker.arrive_publish  # bound once: the hot path
         # cheap counters, kept even without a trace
         self.published = 0  # publish() calls accepted
         self.delivered = 0  # first copies handed to a client (incl. retained)

@@ -53,72 +53,53 @@ class BoardClock:
     def __init__(self, board: Board) -> None:
         self.board = board
         self.world_clock = board.world.clock
+        self._env = board.world.env
 
     def now(self) -> float:
-        return self.world_clock.now()
+        return self._env._time
 
-    def call_at(self, when: float, callback: Callable[[], Any]) -> Any:
-        epoch = self.board.epoch
-        handle = _Handle()
+    def call_at(self, when: float, callback: Callable[[], Any]) -> _BoardCall:
+        call = _BoardCall(self.board, callback)
+        self._env.call_at(float(when), _fire, call)
+        return call
 
-        def fire() -> None:
-            if handle.cancelled or self.board.epoch != epoch:
-                return  # cancelled, or scheduled before a crash
-            if self.board.frozen:
-                self.board._held.append(fire)  # runs late, at thaw()
-                return
-            ready = self.board.cpu_ready()
-            if ready > self.world_clock.now():
-                handle.inner = self.world_clock.call_at(ready, fire)  # wait for a core
-                return
-            callback()
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> _BoardCall:
+        return self.call_at(self._env._time + delay, callback)
 
-        handle.inner = self.world_clock.call_at(when, fire)
-        return handle
-
-    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any:
-        return self.call_at(self.now() + delay, callback)
-
-    def cancel(self, handle: Any) -> None:
+    def cancel(self, handle: _BoardCall) -> None:
         handle.cancelled = True
-        self.world_clock.cancel(handle.inner)
 
     def create_future(self) -> Any:
         return self.world_clock.create_future()
 
 
-class _Handle:
-    __slots__ = ("inner", "cancelled")
+class _BoardCall:
+    """A board's pending callback: dropped if cancelled or if the board crashed since.
+    (It holds no reference to its queue entry, so firing leaves no reference cycle for
+    the garbage collector: two of these per board and simulated second add up.)"""
 
-    def __init__(self) -> None:
-        self.inner: Any = None
+    __slots__ = ("board", "epoch", "callback", "cancelled")
+
+    def __init__(self, board: Board, callback: Callable[[], Any]) -> None:
+        self.board = board
+        self.epoch = board.epoch
+        self.callback = callback
         self.cancelled = False
 
 
-class BoardTransport:
-    """A board's client: publishes leave when the board's CPU has finished its work."""
-
-    def __init__(self, board: Board, inner: Any) -> None:
-        self.board = board
-        self.inner = inner
-        self.client_id = inner.client_id
-
-    @property
-    def connected(self) -> bool:
-        return self.inner.connected
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        ready = self.board.engine_ready()
-        clock = self.board.world.clock
-        if ready > clock.now():
-            epoch = self.board.epoch
-            clock.call_at(ready, lambda: self.board.epoch == epoch and
-                          self.inner.publish(topic, payload, qos, retain))
-        else:
-            self.inner.publish(topic, payload, qos, retain)
-
-    def __getattr__(self, name: str) -> Any:  # connect, subscribe, unsubscribe, vanish...
-        return getattr(self.inner, name)
+def _fire(call: _BoardCall) -> None:
+    board = call.board
+    if call.cancelled or board.epoch != call.epoch:
+        return  # cancelled, or scheduled before a crash
+    if board.frozen:
+        board._held.append(call)  # runs late, at thaw()
+        return
+    env = board.world.env
+    ready = min(board.cores)
+    if ready > env._time:
+        env.call_at(ready, _fire, call)  # wait for a core
+        return
+    call.callback()
 
 
 class BoardMeter:
@@ -130,18 +111,20 @@ class BoardMeter:
         self._program_mb: dict[int, float] = {}
         self._busy_since_report: dict[int, float] = {}
         self.engine_busy = 0.0
-
-    def _charge(self, reference_seconds: float) -> float:
-        seconds = reference_seconds / self.board.profile.cpu_factor
-        self.board.occupy(seconds)
-        return seconds
+        self._engine_key: tuple | None = None
+        self._engine_usage: dict = {}
 
     def program_event(self, host: Any, seconds: float) -> None:
-        cost = self.model.event_cost if self.model.mode == "fixed" else seconds
-        spent = self._charge(cost)
-        self._busy_since_report[id(host)] = self._busy_since_report.get(id(host), 0.0) + spent
-        self.board.cpu_seconds += spent
-        self.board.events += 1
+        model = self.model
+        board = self.board
+        spent = (model.event_cost if model.mode == "fixed" else seconds) / \
+            board.profile.cpu_factor
+        board.occupy(spent)
+        busy = self._busy_since_report
+        key = id(host)
+        busy[key] = busy.get(key, 0.0) + spent
+        board.cpu_seconds += spent
+        board.events += 1
 
     def work(self, kind: str, nbytes: int, seconds: float) -> float:
         per_byte = self.model.snapshot_cost_per_byte if kind == "snapshot" else \
@@ -172,15 +155,21 @@ class BoardMeter:
         return self.model.engine_base_mb + sum(self._program_mb.values())
 
     def engine_usage(self) -> dict:
+        """The engine's report body; the same dict object while nothing changed."""
         used = self.used_mb()
-        return {"memory": {"rss": int(used * 1e6)},
-                "cpu": round(100 * self.board.utilisation(), 3),
-                "device_memory": int((self.board.profile.memory_mb - used) * 1e6)}
+        cpu = round(100 * self.board.utilisation(), 3)
+        if (used, cpu) != self._engine_key:
+            self._engine_key = (used, cpu)
+            self._engine_usage = {"memory": {"rss": int(used * 1e6)}, "cpu": cpu,
+                                  "device_memory": int((self.board.profile.memory_mb - used)
+                                                       * 1e6)}
+        return self._engine_usage
 
     def program_usage(self, host: Any) -> dict:
-        busy = self._busy_since_report.pop(id(host), 0.0)
+        key = id(host)
+        busy = self._busy_since_report.pop(key, 0.0)
         period = self.board.engine.resource_period or 1.0
-        return {"memory": {"rss": int(self._program_mb.get(id(host), 0.0) * 1e6)},
+        return {"memory": {"rss": int(self._program_mb.get(key, 0.0) * 1e6)},
                 "cpu": round(100 * busy / period, 3)}
 
 
@@ -199,7 +188,7 @@ class Board:
         self.epoch = 0  # bumped on crash: callbacks from before a crash never run
         self.up = False
         self.frozen = False  # stopped (SIGSTOP): state kept, nothing runs until thaw()
-        self._held: list[Callable[[], Any]] = []  # callbacks that came due while frozen
+        self._held: list[_BoardCall] = []  # callbacks that came due while frozen
         self.cpu_seconds = 0.0
         self.events = 0
         self.resource_period = resource_period
@@ -212,7 +201,8 @@ class Board:
         self.epoch += 1
         self.cores = [self.world.clock.now()] * self.profile.cores
         self.clock = BoardClock(self)
-        self.transport = BoardTransport(self, self.world.network.client(self.name, self.link))
+        self.transport = self.world.network.client(self.name, self.link)
+        self.transport.gate = self.cores  # messages leave when the engine's core is free
         self.meter = BoardMeter(self)
         self.engine = CodeEngine(self.transport, self.clock, engine_id=self.name,
                                  device=self.profile.name, memory_limit=self.profile.memory_mb,
@@ -234,8 +224,10 @@ class Board:
     def occupy(self, seconds: float, core: int | None = None) -> None:
         """Run ``seconds`` of work on ``core``, or on the first free one."""
         now = self.world.clock.now()
-        i = min(range(len(self.cores)), key=self.cores.__getitem__) if core is None else core
-        self.cores[i] = max(self.cores[i], now) + seconds
+        cores = self.cores
+        i = cores.index(min(cores)) if core is None else core
+        busy = cores[i]
+        cores[i] = (busy if busy > now else now) + seconds
 
     def utilisation(self) -> float:
         elapsed = self.world.clock.now() * len(self.cores)
@@ -254,7 +246,7 @@ class Board:
         self._held.clear()
         self.engine.crash()
         self.world.retired_engines.append(self.engine)
-        self.transport.inner.vanish()
+        self.transport.vanish()
         self.epoch += 1
         self.world.record_fault("crash", self.name)
 
@@ -265,7 +257,7 @@ class Board:
         if not self.up or self.frozen:
             return
         self.frozen = True
-        self.transport.inner.freeze()
+        self.transport.freeze()
         self.world.record_fault("freeze", self.name)
 
     def thaw(self) -> None:
@@ -277,9 +269,9 @@ class Board:
         self.frozen = False
         now = self.world.clock.now()
         held, self._held = self._held, []
-        self.transport.inner.thaw()
-        for fire in held:
-            self.world.clock.call_at(now, fire)
+        self.transport.thaw()
+        for call in held:
+            self.world.env.call_at(now, _fire, call)
         self.world.record_fault("thaw", self.name)
 
     def reboot(self) -> None:
