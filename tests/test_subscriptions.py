@@ -9,7 +9,6 @@ import logging
 
 import mqtt_fixtures
 import pytest
-import simpy
 from mqtt_fixtures import AMQTT_ONE_COPY_PER_FILTER, needs_mosquitto
 from waiting import wait_until
 
@@ -18,12 +17,8 @@ from runtime.memory import MemoryBroker
 from runtime.subscriptions import SubscriptionTable
 from runtime.topics import TopicError
 from runtime.transport import Message
+from thingssim.sim.clock import SimEnvironment as SimEnv
 from thingssim.sim.network import LinkProfile, Network
-
-try:  # the simulated network runs on SimPy's Environment, or on this subclass of it
-    from thingssim.sim.clock import SimEnvironment as SimEnv
-except ImportError:  # pragma: no cover - before the network split
-    SimEnv = simpy.Environment
 
 broker = mqtt_fixtures.broker
 event_loop_thread = mqtt_fixtures.event_loop_thread
@@ -259,7 +254,7 @@ class Memory:
 class Sim:
     def __init__(self, request, name: str) -> None:
         self.env = SimEnv()
-        net = Network(self.env, seed=1)
+        self.net = net = Network(self.env, seed=1)
         self.sub = net.client(f"{name}-sub", net.add_link(f"{name}-sub", FAST))
         self.pub = net.client(f"{name}-pub", net.add_link(f"{name}-pub", FAST))
 
@@ -395,9 +390,7 @@ def test_every_transport_hands_retained_messages_to_the_new_subscription_only(la
 
 ERROR_CASES = [
     pytest.param(Memory, id="memory"),
-    pytest.param(Sim, id="sim", marks=pytest.mark.xfail(
-        strict=True, raises=RuntimeError,
-        reason="SimTransport adopts the shared table in the network split")),
+    pytest.param(Sim, id="sim"),
     pytest.param(Mqtt, id="mosquitto", marks=needs_mosquitto(AMQTT_ONE_COPY_PER_FILTER)),
 ]
 
@@ -423,6 +416,11 @@ def test_every_transport_reports_a_raising_handler_and_calls_the_others(lab, cap
     [record] = [r for r in caplog.records if r.name == LOGGER]
     assert "failed on e/a" in record.getMessage() and sub.client_id in record.getMessage()
     assert isinstance(record.exc_info[1], RuntimeError)
+    if isinstance(lab, Sim):  # the simulation also keeps it, and traces it
+        assert [e[1:] for e in lab.net.handler_errors] == [
+            (sub.client_id, "e/a", "RuntimeError: a bad handler on e/a")]
+        [row] = [r for r in lab.net.trace_rows() if r["event"] == "handler_error"]
+        assert (row["client"], row["topic"]) == (sub.client_id, "e/a")
 
 
 def test_memory_broker_passes_handler_errors_to_on_error():

@@ -458,7 +458,7 @@ class Broker:
     def _index(self, session: Session, topic_filter: str, qos: int) -> None:
         self._table(topic_filter, True).setdefault(topic_filter, {})[session] = qos
         session.subs[topic_filter] = qos
-        self._routes.clear()
+        self._routes_changed(topic_filter)
 
     def _unindex(self, session: Session, topic_filter: str) -> None:
         session.subs.pop(topic_filter, None)
@@ -468,7 +468,16 @@ class Broker:
             subs.pop(session, None)
             if not subs:
                 del table[topic_filter]
-        self._routes.clear()
+        self._routes_changed(topic_filter)
+
+    def _routes_changed(self, topic_filter: str) -> None:
+        """Forget the cached routes a subscription change can affect: one topic's for an
+        exact filter (thousands of engines subscribing to their own topics do not flush
+        each other's routes), all of them for a wildcard."""
+        if "+" in topic_filter or "#" in topic_filter:
+            self._routes.clear()
+        else:
+            self._routes.pop(topic_filter, None)
 
     def _live_session(self, client: SimTransport, token: int) -> Session | None:
         session = self.sessions.get(client.client_id)

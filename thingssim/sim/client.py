@@ -13,7 +13,10 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
   duplicate (at least once).  Deliveries are traced as ``deliver`` (first copy to that
   client) or ``duplicate``.
 - **Handlers.** One copy per matching message reaches the client however many of its
-  filters match; it calls every handler of every matching filter, each handler once.
+  filters match; the client hands it to its :class:`runtime.subscriptions.SubscriptionTable`,
+  the same table (and rules) as the memory and MQTT transports: every matching handler
+  once, in subscription order; a handler that raises is logged, traced
+  (``handler_error``) and counted, and the others still get the message.
 - **Reconnection.** On every (re)connect the client re-sends its whole subscription set
   (filters unsubscribed while offline are removed) and so receives the matching retained
   messages again.  It notices a dead link after ``keepalive`` seconds of continuous
@@ -38,7 +41,8 @@ from collections import deque
 from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
-from runtime.topics import topic_matches, validate_filter, validate_topic
+from runtime.subscriptions import SubscriptionTable
+from runtime.topics import validate_filter, validate_topic
 from runtime.transport import ConnectionListener, Message, MessageHandler
 
 from .clock import NORMAL, _Call
@@ -87,9 +91,9 @@ class SimTransport:
         #: when each core of the board is next free (``Board.cores``): messages leave
         #: once core 0, the engine's thread that relays them, is free; None: at once
         self.gate: list[float] | None = None
-        self._filters: dict[str, int] = {}
-        self._handlers: dict[str, list[MessageHandler]] = {}
-        self._dispatch: dict[str, tuple[MessageHandler, ...]] = {}
+        self._subs = SubscriptionTable(
+            lambda handler, message, exc: network._handler_failed(client_id, message, exc),
+            owner=client_id)
         self._listeners: list[ConnectionListener] = []
         self._inflight: dict[int, list] = {}  # pub id -> [pub, last sent], by last send
         self._outbox: deque[Packet] = deque()  # QoS 1 published while disconnected
@@ -219,30 +223,17 @@ class SimTransport:
         validate_filter(topic_filter)
         if qos != 0 and qos != 1:
             raise ValueError(f"qos must be 0 or 1, got {qos!r}")
-        handlers = self._handlers.setdefault(topic_filter, [])
-        if handler not in handlers:
-            handlers.append(handler)
-        self._filters[topic_filter] = qos
-        self._dispatch.clear()
-        if self._state is CONNECTED:
+        self._subs.add(topic_filter, handler, qos)
+        if self._state is CONNECTED:  # every call: it brings the retained messages
             net = self.network
             net._control_up(self, SUBSCRIBE_OVERHEAD + 3 + len(topic_filter.encode()),
                             net.broker.subscribe,
-                            (self, self._conn, [(topic_filter, qos)], handler, False), None)
+                            (self, self._conn, [(topic_filter, self._subs.qos(topic_filter))],
+                             handler, False), None)
 
     def unsubscribe(self, topic_filter: str, handler: MessageHandler | None = None) -> None:
-        handlers = self._handlers.get(topic_filter)
-        if not handlers:
-            return
-        if handler is None:
-            handlers.clear()
-        else:
-            handlers[:] = [h for h in handlers if h != handler]
-        self._dispatch.clear()
-        if handlers:
-            return
-        del self._handlers[topic_filter]
-        self._filters.pop(topic_filter, None)
+        if not self._subs.remove(topic_filter, handler):
+            return  # the filter still has handlers (or was never held)
         if self._state is CONNECTED:
             net = self.network
             net._control_up(self, UNSUBSCRIBE_OVERHEAD + 2 + len(topic_filter.encode()),
@@ -273,9 +264,7 @@ class SimTransport:
         self._retry_gen += 1
         self._retry_at = None
         self._will = None
-        self._filters.clear()
-        self._handlers.clear()
-        self._dispatch.clear()
+        self._subs.clear()
         self._listeners.clear()
         self._inflight.clear()
         self._outbox.clear()
@@ -430,8 +419,8 @@ class SimTransport:
         self._conn = token
         self._clean = False
         net._row("connect", self.client_id, None, None, None, None, None, None)
-        if self._filters:
-            entries = list(self._filters.items())
+        if len(self._subs):
+            entries = list(self._subs.filters().items())
             nbytes = SUBSCRIBE_OVERHEAD + sum(3 + len(f.encode()) for f, _ in entries)
             net._control_up(self, nbytes, net.broker.subscribe,
                             (self, token, entries, None, True), None)
@@ -570,13 +559,12 @@ class SimTransport:
                 msg = pub.m0
                 if msg is None:
                     msg = pub.m0 = Message(pub.topic, pub.payload, 0, False)
-            handlers = self._dispatch.get(pub.topic)
-            if handlers is None:
-                handlers = self._handlers_for(pub.topic)
+            handlers = self._subs.handlers_for(pub.topic)
         else:
             detail = "retained"
             msg = Message(pub.topic, pub.payload, qos, True)
-            handlers = self._target_handlers(target)
+            handlers = (self._subs.handlers_of(target) if isinstance(target, str) else
+                        (target,) if target in self._subs.handlers_for(pub.topic) else ())
         if event == "deliver":
             net.delivered += 1
         else:
@@ -586,26 +574,8 @@ class SimTransport:
         if rows is not None:
             rows.append((now, event, self.client_id, pub.topic, pub.wire, qos, pub.id,
                          now - pub.t0, detail))
-        for handler in handlers:
-            handler(msg)
-
-    def _handlers_for(self, topic: str) -> tuple[MessageHandler, ...]:
-        found: list[MessageHandler] = []
-        for topic_filter, handlers in self._handlers.items():
-            if topic_matches(topic_filter, topic):
-                for handler in handlers:
-                    if handler not in found:
-                        found.append(handler)
-        result = self._dispatch[topic] = tuple(found)
-        return result
-
-    def _target_handlers(self, target: Any) -> tuple[MessageHandler, ...]:
-        if isinstance(target, str):
-            return tuple(self._handlers.get(target, ()))
-        for handlers in self._handlers.values():
-            if target in handlers:
-                return (target,)
-        return ()
+        if handlers:
+            self._subs.deliver(msg, handlers)
 
     def __repr__(self) -> str:
         return f"<SimTransport {self.client_id} {self._state} on {self.link.name}>"

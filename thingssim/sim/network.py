@@ -94,6 +94,8 @@ class Network:
         self._interceptor: Interceptor | None = None
         #: validated topics -> their PUBLISH bytes without the payload
         self._topic_bytes: dict[str, int] = {}
+        #: (time, client, topic, error) of every message handler that raised
+        self.handler_errors: list[tuple[float, str, str, str]] = []
         self.broker = Broker(self, broker, max_queued)
         self._arrive_publish = self.broker.arrive_publish  # bound once: the hot path
         # cheap counters, kept even without a trace
@@ -241,7 +243,8 @@ class Network:
         (latency = now - publish time; detail ``retained`` on subscribe),
         ``duplicate``, ``retransmit``, ``drop`` (detail: ``loss``, ``link_down``,
         ``broker_down``, ``offline``, ``disconnected``, ``queue_full``), ``ack_lost``,
-        ``will``, ``connect``, ``connection_lost``, ``timeout`` (the broker gave up on a
+        ``will``, ``handler_error`` (a client's message handler raised; detail: the error),
+        ``connect``, ``connection_lost``, ``timeout`` (the broker gave up on a
         silent client), ``vanish``, ``disconnect``, ``link_down``/``link_up`` (detail: the
         link), ``broker_down``/``broker_up``, ``freeze``/``thaw`` (a client), and
         ``intercept`` (an interceptor's duplicate or delay; its drops are ``drop`` rows
@@ -262,6 +265,13 @@ class Network:
         if rows is not None:
             rows.append((self.env._time, event, client, topic, nbytes, qos, msg_id, latency,
                          detail))
+
+    def _handler_failed(self, client: str, message: Any, exc: Exception) -> None:
+        """A client's message handler raised (its subscription table logged it)."""
+        now = self.env._time
+        error = f"{type(exc).__name__}: {exc}"
+        self.handler_errors.append((now, client, message.topic, error))
+        self._row("handler_error", client, message.topic, None, None, None, None, error)
 
     def _topic_base(self, topic: str) -> int:
         """Validate a topic to publish to; its PUBLISH bytes without the payload (cached)."""
