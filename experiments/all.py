@@ -90,7 +90,7 @@ EXPERIMENTS = [
                measured=("migration_benchmarks.csv",),
                needs="results/benchmarks.json (the benchmarks command)"),
     Experiment("sim_scale",
-               "python experiments/sim_scale.py --boards 100 1000 10000 --minutes 10 "
+               "python experiments/sim_scale.py --boards 100 1000 3000 10000 --minutes 10 "
                "--out results",
                measured=("sim_scale.csv", "sim_scale.png")),
     Experiment("real_migration",
