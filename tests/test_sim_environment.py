@@ -159,3 +159,17 @@ def test_same_seeded_random_schedule_gives_the_same_order_in_both_environments()
         orders.append(log)
     assert orders[0] == orders[1]
     assert orders[0] == sorted(orders[0], key=lambda e: e[1])
+
+
+def test_is_past_tells_entries_before_the_one_being_processed():
+    env = SimEnvironment()
+    before = (1.0, 1, next(env._seq))  # as if queued now, for time 1.0
+    verdicts = []
+    env.call_at(1.0, lambda: verdicts.append((env.is_past(before), env.is_past(after),
+                                              env.is_past((0.999, 1, 10**9)))))
+    after = (1.0, 1, next(env._seq))
+    env.run(until=1.0)
+    assert not env.is_past(before)  # due at 1.0 exactly: run(until=1.0) stops before it
+    env.run(until=2.0)
+    assert verdicts == [(True, False, True)]
+    assert env.is_past(after) and not env.is_past((2.0, 1, next(env._seq)))

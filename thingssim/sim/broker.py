@@ -47,12 +47,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from heapq import heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
 from runtime.topics import topic_matches
 from runtime.transport import Message
 
+from .clock import _Call
 from .intercept import DELIVER, DROP, DUPLICATE, action
 from .link import CONNACK_BYTES, LOST, PUBACK_BYTES, Packet
 
@@ -132,9 +134,74 @@ class Broker:
         self.epoch = 0  # +1 at each crash: invalidates in-flight packets, timers, service
         self._free_at = 0.0
         self._service = float(profile.service_time)
+        #: held arrivals (see :meth:`hold`) by the first level of their topic
+        self._held: dict[str, deque] = {}
+        #: hold arrivals nobody can receive (:meth:`hold`); switching it off changes
+        #: nothing but speed (tests/test_held_arrivals.py compares the two)
+        self.holds = True
+
+    # ------------------------------------------------------------------ held arrivals
+    @property
+    def can_hold(self) -> bool:
+        return self.holds and self.is_up and not self._service
+
+    def hold(self, root: str, entry: tuple) -> None:
+        """Hold a QoS 0 PUBLISH in flight to a topic nobody subscribes to, instead of
+        queueing its arrival: at its arrival it would only tell the broker that its client
+        was heard.  ``entry`` is ``(arrival, priority, seq, client, pub, link epoch)``, the
+        queue key it was given when sent.  Whatever could change its fate turns held
+        arrivals back into queued ones with that key (:meth:`materialize`), so the order of
+        everything stays exactly as if it had been queued: a subscription that matches it,
+        its link going down, the broker crashing.  Those that have arrived are forgotten,
+        after marking their client heard (at most 2 in flight per link, so this stays
+        small); a keepalive check first looks at those of its client."""
+        pending = self._held.get(root)
+        if pending is None:
+            pending = self._held[root] = deque()
+        else:
+            past = self.env._entry
+            while pending and pending[0] < past:
+                self._heard(pending.popleft())
+        pending.append(entry)
+
+    def _heard(self, entry: tuple) -> None:
+        """A held arrival has happened: what its arrival did to the session."""
+        session = self.sessions.get(entry[3].client_id)
+        if session is not None and session.last_heard < entry[0]:
+            session.last_heard = entry[0]
+
+    def materialize(self, wanted: Any, root: str | None = None) -> None:
+        """Queue the held arrivals ``wanted(client, topic)`` picks (of topics under
+        ``root``, or all), with their original keys; forget those that have arrived."""
+        env = self.env
+        events = env._events
+        roots = list(self._held) if root is None else [root] if root in self._held else []
+        for key in roots:
+            keep: deque = deque()
+            for entry in self._held[key]:
+                if env.is_past(entry):
+                    self._heard(entry)
+                elif wanted(entry[3], entry[4].topic):
+                    heappush(events, (entry[0], entry[1], entry[2], _Call(
+                        self.arrive_publish, (entry[3], entry[4], entry[5]))))
+                else:
+                    keep.append(entry)
+            if keep:
+                self._held[key] = keep
+            else:
+                del self._held[key]
+
+    def _heard_held(self, client_id: str) -> None:
+        """Before a keepalive check: the held arrivals of ``client_id`` that happened."""
+        is_past = self.env.is_past
+        for pending in self._held.values():
+            for entry in pending:
+                if entry[3].client_id == client_id and is_past(entry):
+                    self._heard(entry)
 
     # ------------------------------------------------------------------ outage
     def crash(self) -> None:
+        self.materialize(_everything)  # in flight: they will be lost
         now = self.env._time
         self.is_up = False
         self.epoch += 1
@@ -459,6 +526,10 @@ class Broker:
         self._table(topic_filter, True).setdefault(topic_filter, {})[session] = qos
         session.subs[topic_filter] = qos
         self._routes_changed(topic_filter)
+        if self._held:  # what is in flight to it now has a subscriber
+            root = _first_level(topic_filter)
+            self.materialize(lambda client, topic: topic_matches(topic_filter, topic),
+                             root or None)
 
     def _unindex(self, session: Session, topic_filter: str) -> None:
         session.subs.pop(topic_filter, None)
@@ -554,6 +625,8 @@ class Broker:
                 or session.token != token or not session.online
                 or session.silent_since is None):
             return
+        if self._held:
+            self._heard_held(session.client_id)
         now = self.env._time
         heard = max(session.silent_since, session.last_heard)
         deadline = heard + 1.5 * session.keepalive
@@ -574,6 +647,10 @@ class Broker:
                 rows.append((now, "will", session.client_id, pub.topic, pub.wire, pub.qos,
                              pub.id, None, None))
             self.route(pub)
+
+
+def _everything(client: Any, topic: str) -> bool:
+    return True
 
 
 __all__ = ["Broker", "BrokerProfile", "Session"]

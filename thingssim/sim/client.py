@@ -168,10 +168,11 @@ class SimTransport:
         net = self.network
         if (self._state is CONNECTED and qos == 0 and not retain and type(payload) is bytes
                 and net._interceptor is None):
-            base = net._topic_bytes.get(topic)
-            if base is not None:  # the hot path: a known topic, QoS 0, connected
+            info = net._topics.get(topic)
+            if info is not None:  # the hot path: a known topic, QoS 0, connected
                 now = net.env._time
-                pub = Packet(next(net._ids), topic, payload, 0, False, now, base + len(payload))
+                pub = Packet(next(net._ids), topic, payload, 0, False, now,
+                             info[0] + len(payload))
                 net.published += 1
                 rows = net._rows
                 if rows is not None:
@@ -183,6 +184,14 @@ class SimTransport:
                     net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
                     return
                 env = net.env
+                broker = net.broker
+                routes = broker._routes.get(topic)
+                if (routes is not None and not routes and broker.holds and broker.is_up
+                        and not broker._service):
+                    # nobody subscribes: the broker holds it instead of queueing its arrival
+                    broker.hold(info[1], (arrival, NORMAL, next(env._seq), self, pub,
+                                          link.epoch))
+                    return
                 heappush(env._events, (arrival, NORMAL, next(env._seq), _Call(
                     net._arrive_publish, (self, pub, link.epoch))))
                 return
@@ -190,9 +199,10 @@ class SimTransport:
             return
         if qos != 0 and qos != 1:
             raise ValueError(f"qos must be 0 or 1, got {qos!r}")
-        base = net._topic_bytes.get(topic)
-        if base is None:
-            base = net._topic_base(topic)  # validates it
+        info = net._topics.get(topic)
+        if info is None:
+            info = net._topic_info(topic)  # validates it
+        base = info[0]
         if type(payload) is not bytes:
             payload = bytes(payload)
         now = net.env._time

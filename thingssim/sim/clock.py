@@ -51,6 +51,9 @@ class SimEnvironment(simpy.Environment):
         self._time = initial_time
         self._events: list[tuple] = []  # (time, priority, seq, event or _Call)
         self._seq = count()
+        #: the queue entry being (or last) processed, or where the last run() stopped:
+        #: an entry that sorts before it is in the past
+        self._entry: tuple = (float("-inf"), URGENT, -1)
 
     @property
     def now(self) -> float:
@@ -75,11 +78,18 @@ class SimEnvironment(simpy.Environment):
         """Cancel a :meth:`call_at` callback (a no-op once it ran)."""
         call.fn = None
 
+    def is_past(self, entry: tuple) -> bool:
+        """True if a queue entry ``(time, priority, seq, ...)`` would already have been
+        processed (for events held outside the queue until they matter)."""
+        return entry < self._entry
+
     def step(self) -> None:
         try:
-            self._time, _, _, event = heappop(self._events)
+            entry = self._entry = heappop(self._events)
         except IndexError:
             raise EmptySchedule from None
+        self._time = entry[0]
+        event = entry[3]
         if event.__class__ is _Call:
             fn = event.fn
             if fn is not None:
@@ -117,7 +127,9 @@ class SimEnvironment(simpy.Environment):
         events = self._events
         process = self._process
         while events and events[0] < stop:
-            self._time, _, _, event = heappop(events)
+            entry = self._entry = heappop(events)
+            self._time = entry[0]
+            event = entry[3]
             if event.__class__ is _Call:
                 fn = event.fn
                 if fn is not None:
@@ -129,6 +141,7 @@ class SimEnvironment(simpy.Environment):
                 except StopSimulation as exc:  # an inner run(until=event) stopped here
                     return exc.args[0]
         self._time = stop[0]
+        self._entry = stop
         return None
 
 

@@ -94,11 +94,6 @@ class Packet:
         self.m1: Message | None = None
 
 
-def publish_wire(topic: str, payload: bytes) -> int:
-    """A PUBLISH's size on the wire."""
-    return len(topic.encode()) + len(payload) + PUBLISH_OVERHEAD
-
-
 class Direction:
     """One direction of a link: a FIFO serialisation queue with its own random stream."""
 
@@ -187,4 +182,4 @@ class Link:
 
 __all__ = ["CONNACK_BYTES", "CONNECT_OVERHEAD", "DISCONNECT_BYTES", "DOWN", "LOST",
            "PUBACK_BYTES", "PUBLISH_OVERHEAD", "SUBSCRIBE_OVERHEAD", "UNSUBSCRIBE_OVERHEAD",
-           "Direction", "Link", "LinkProfile", "Packet", "publish_wire"]
+           "Direction", "Link", "LinkProfile", "Packet"]

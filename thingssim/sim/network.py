@@ -92,8 +92,8 @@ class Network:
         self._tokens = count(1)
         self._rows: list[tuple] | None = [] if trace else None
         self._interceptor: Interceptor | None = None
-        #: validated topics -> their PUBLISH bytes without the payload
-        self._topic_bytes: dict[str, int] = {}
+        #: validated topics -> (their PUBLISH bytes without the payload, first level)
+        self._topics: dict[str, tuple[int, str]] = {}
         #: (time, client, topic, error) of every message handler that raised
         self.handler_errors: list[tuple[float, str, str, str]] = []
         self.broker = Broker(self, broker, max_queued)
@@ -167,6 +167,7 @@ class Network:
     def _link_down(self, link: Link) -> None:
         """Its clients go silent; each notices after its keepalive."""
         now = self.env._time
+        self.broker.materialize(lambda client, topic: client.link is link)  # to be lost
         self._row("link_down", None, None, None, None, None, None, link.name)
         for client in list(link.clients):
             if client._state is CONNECTED:
@@ -273,17 +274,18 @@ class Network:
         self.handler_errors.append((now, client, message.topic, error))
         self._row("handler_error", client, message.topic, None, None, None, None, error)
 
-    def _topic_base(self, topic: str) -> int:
-        """Validate a topic to publish to; its PUBLISH bytes without the payload (cached)."""
+    def _topic_info(self, topic: str) -> tuple[int, str]:
+        """Validate a topic to publish to: its PUBLISH bytes without the payload, and its
+        first level (cached)."""
         validate_topic(topic)
-        base = len(topic.encode()) + PUBLISH_OVERHEAD
-        if len(self._topic_bytes) < _TOPIC_CACHE_LIMIT:
-            self._topic_bytes[topic] = base
-        return base
+        info = (len(topic.encode()) + PUBLISH_OVERHEAD, topic.split("/", 1)[0])
+        if len(self._topics) < _TOPIC_CACHE_LIMIT:
+            self._topics[topic] = info
+        return info
 
     def _wire(self, topic: str, payload: bytes) -> int:
-        base = self._topic_bytes.get(topic)
-        return (base if base is not None else self._topic_base(topic)) + len(payload)
+        info = self._topics.get(topic)
+        return (info if info is not None else self._topic_info(topic))[0] + len(payload)
 
     def _drop(self, client_id: str, pub: Packet, reason: str) -> None:
         self.dropped += 1
