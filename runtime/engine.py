@@ -126,6 +126,7 @@ class CodeEngine:
         self._filters: dict[str, Handler] = {}  # transport filters held for programs
         self._resource_timer: Any = None
         self._engine_report = p.StampedEncoder()
+        self._resource_topic = p.engine_topic(self.id, "resource")
         self._engine_usage: tuple[Any, dict] = (None, {})  # (meter's usage, report body)
         #: instance id -> (host, its resource topic, its report encoder)
         self._program_reports: dict[str, tuple[ProgramHost, str, p.StampedEncoder]] = {}
@@ -373,8 +374,7 @@ class CodeEngine:
         usage = meter.engine_usage()
         if usage is not self._engine_usage[0]:  # a meter may hand back the same dict
             self._engine_usage = (usage, {"memory_limit": self.memory_limit, **usage})
-        publish(p.engine_topic(self.id, "resource"),
-                self._engine_report.encode(now, self._engine_usage[1]), 0)
+        publish(self._resource_topic, self._engine_report.encode(now, self._engine_usage[1]), 0)
         reports = self._program_reports
         for iid, host in list(self.programs.items()):
             if host.alive and iid not in self._prepared:

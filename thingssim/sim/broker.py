@@ -158,10 +158,14 @@ class Broker:
         pending = self._held.get(root)
         if pending is None:
             pending = self._held[root] = deque()
-        else:
+        elif pending[0] < self.env._entry:
             past = self.env._entry
+            sessions = self.sessions
             while pending and pending[0] < past:
-                self._heard(pending.popleft())
+                gone = pending.popleft()  # it has arrived: its client was heard then
+                session = sessions.get(gone[3].client_id)
+                if session is not None and session.last_heard < gone[0]:
+                    session.last_heard = gone[0]
         pending.append(entry)
 
     def _heard(self, entry: tuple) -> None:

@@ -112,6 +112,7 @@ class BoardMeter:
         self._busy_since_report: dict[int, float] = {}
         self.engine_busy = 0.0
         self._engine_key: tuple | None = None
+        self._program_usage: dict[int, tuple[tuple, dict]] = {}  # id(host) -> (key, body)
         self._engine_usage: dict = {}
 
     def program_event(self, host: Any, seconds: float) -> None:
@@ -150,6 +151,7 @@ class BoardMeter:
     def release(self, host: Any) -> None:
         self._program_mb.pop(id(host), None)
         self._busy_since_report.pop(id(host), None)
+        self._program_usage.pop(id(host), None)
 
     def used_mb(self) -> float:
         return self.model.engine_base_mb + sum(self._program_mb.values())
@@ -166,11 +168,16 @@ class BoardMeter:
         return self._engine_usage
 
     def program_usage(self, host: Any) -> dict:
+        """A program's report body; the same dict object while nothing changed."""
         key = id(host)
         busy = self._busy_since_report.pop(key, 0.0)
         period = self.board.engine.resource_period or 1.0
-        return {"memory": {"rss": int(self._program_mb.get(key, 0.0) * 1e6)},
-                "cpu": round(100 * busy / period, 3)}
+        usage = (int(self._program_mb.get(key, 0.0) * 1e6), round(100 * busy / period, 3))
+        last = self._program_usage.get(key)
+        if last is None or last[0] != usage:
+            last = self._program_usage[key] = (usage, {"memory": {"rss": usage[0]},
+                                                       "cpu": usage[1]})
+        return last[1]
 
 
 class Board:
