@@ -148,13 +148,15 @@ class Broker:
     def hold(self, root: str, entry: tuple) -> None:
         """Hold a QoS 0 PUBLISH in flight to a topic nobody subscribes to, instead of
         queueing its arrival: at its arrival it would only tell the broker that its client
-        was heard.  ``entry`` is ``(arrival, priority, seq, client, pub, link epoch)``, the
-        queue key it was given when sent.  Whatever could change its fate turns held
-        arrivals back into queued ones with that key (:meth:`materialize`), so the order of
-        everything stays exactly as if it had been queued: a subscription that matches it,
-        its link going down, the broker crashing.  Those that have arrived are forgotten,
-        after marking their client heard (at most 2 in flight per link, so this stays
-        small); a keepalive check first looks at those of its client."""
+        was heard.  ``entry`` is ``(arrival, priority, seq, client, topic, payload, wire
+        bytes, message id, publish time, link epoch)``: the queue key it was given when
+        sent, then what makes its :class:`Packet` if it is ever needed.  Whatever could
+        change its fate turns held arrivals back into queued ones with that key
+        (:meth:`materialize`), so the order of everything stays exactly as if they had
+        been queued: a subscription that matches one, its link going down, the broker
+        crashing.  Those that have arrived are forgotten after marking their client heard
+        (a few in flight per link, so this stays small); a keepalive check first looks at
+        those of its client."""
         pending = self._held.get(root)
         if pending is None:
             pending = self._held[root] = deque()
@@ -185,9 +187,10 @@ class Broker:
             for entry in self._held[key]:
                 if env.is_past(entry):
                     self._heard(entry)
-                elif wanted(entry[3], entry[4].topic):
+                elif wanted(entry[3], entry[4]):
+                    pub = Packet(entry[7], entry[4], entry[5], 0, False, entry[8], entry[6])
                     heappush(events, (entry[0], entry[1], entry[2], _Call(
-                        self.arrive_publish, (entry[3], entry[4], entry[5]))))
+                        self.arrive_publish, (entry[3], pub, entry[9]))))
                 else:
                     keep.append(entry)
             if keep:

@@ -171,26 +171,29 @@ class SimTransport:
             info = net._topics.get(topic)
             if info is not None:  # the hot path: a known topic, QoS 0, connected
                 now = net.env._time
-                pub = Packet(next(net._ids), topic, payload, 0, False, now,
-                             info[0] + len(payload))
+                msg_id = next(net._ids)
+                wire = info[0] + len(payload)
                 net.published += 1
                 rows = net._rows
                 if rows is not None:
-                    rows.append((now, "publish", self.client_id, topic, pub.wire, 0, pub.id,
+                    rows.append((now, "publish", self.client_id, topic, wire, 0, msg_id,
                                  None, None))
                 link = self.link
-                arrival = link.up_dir.send(now, pub.wire, True)
-                if arrival < 0:
-                    net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
-                    return
+                arrival = link.up_dir.send(now, wire, True)
                 env = net.env
                 broker = net.broker
-                routes = broker._routes.get(topic)
-                if (routes is not None and not routes and broker.holds and broker.is_up
-                        and not broker._service):
-                    # nobody subscribes: the broker holds it instead of queueing its arrival
-                    broker.hold(info[1], (arrival, NORMAL, next(env._seq), self, pub,
-                                          link.epoch))
+                if arrival >= 0:
+                    routes = broker._routes.get(topic)
+                    if (routes is not None and not routes and broker.holds and broker.is_up
+                            and not broker._service):
+                        # nobody subscribes: the broker holds it instead of queueing its
+                        # arrival (the Packet is made only if it is ever needed)
+                        broker.hold(info[1], (arrival, NORMAL, next(env._seq), self, topic,
+                                              payload, wire, msg_id, now, link.epoch))
+                        return
+                pub = Packet(msg_id, topic, payload, 0, False, now, wire)
+                if arrival < 0:
+                    net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
                     return
                 heappush(env._events, (arrival, NORMAL, next(env._seq), _Call(
                     net._arrive_publish, (self, pub, link.epoch))))
