@@ -25,6 +25,9 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
   down).  It then tells its listeners ``False`` and retries connecting every
   ``reconnect_interval`` (default 1 s); an attempt fails at once when the link or broker
   is down.
+- **The board's CPU.** With ``gate`` set (a board's ``cores``, as the world does), a
+  message leaves only once core 0, the engine's thread that relays every message, is
+  free: a migration's transfer starts after its snapshot has been taken.
 - **Crashes.** :meth:`SimTransport.vanish` is a board losing power: all client state is
   forgotten, the broker publishes the will after ``1.5 * keepalive``.
 - **Frozen clients** (:meth:`SimTransport.freeze`/``thaw``: a SIGSTOPped process).  A
