@@ -12,8 +12,13 @@ detected")``.
 from __future__ import annotations
 
 import json
-from json.encoder import c_make_encoder, encode_basestring_ascii
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable
+
+try:
+    from json.encoder import c_make_encoder
+except ImportError:  # PyPy: no C accelerator (its JIT makes the pure-Python one fast)
+    c_make_encoder = None
 
 __all__ = ["to_json"]
 

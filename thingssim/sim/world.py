@@ -349,9 +349,11 @@ class World:
         frozen out of its scans (both undone afterwards).  The simulator's hot paths
         make no reference cycles, so little is left for it to find.
         """
-        saved = gc.get_threshold()
-        gc.set_threshold(max(saved[0], 100_000), *saved[1:])
-        gc.freeze()
+        tune = hasattr(gc, "get_threshold") and hasattr(gc, "freeze")  # not on PyPy
+        if tune:
+            saved = gc.get_threshold()
+            gc.set_threshold(max(saved[0], 100_000), *saved[1:])
+            gc.freeze()
         try:
             if on_progress is None:
                 self.env.run(until=until)
@@ -361,8 +363,9 @@ class World:
                 self.env.run(until=start + (until - start) * k / steps)
                 on_progress(self.env.now)
         finally:
-            gc.unfreeze()
-            gc.set_threshold(*saved)
+            if tune:
+                gc.unfreeze()
+                gc.set_threshold(*saved)
 
     def wait(self, future: Any, timeout: float = 60.0) -> Any:
         """Run the simulation until ``future`` is done (for scripts and tests)."""
