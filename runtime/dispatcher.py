@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("engine-join", "engine-registry-update", "engine-dead", "program-join",
           "program-monitor-update")
+#: program statuses that never change again (a killed program is Exited)
+_ENDED = ("Exited", "Crashed")
 
 
 class DispatcherError(Exception):
@@ -174,9 +176,19 @@ class Dispatcher:
         Waits for the migration's outcome by its id, however long the protocol takes:
         past ``timeout`` (default ``request_timeout``) it follows the migration with
         ``migration_status`` queries (see :class:`_MigrationWait`).
+
+        A program that its engine ``from_id`` reported ended (Exited or Crashed) is not
+        asked about: the result fails at once with ``RemoteError(bad_state)``, what that
+        engine answers, and nothing is sent (so a lost reply cannot keep it waiting).
         """
         self.engine(to_id)
         program = self.program(instance_id)
+        if program.status in _ENDED and program.engine == from_id:
+            failed = self.clock.create_future()
+            failed.set_exception(RemoteError(p.BAD_STATE, (
+                f"program {instance_id} has ended ({program.status} on {from_id}, as its "
+                f"engine reported): there is nothing to migrate")))
+            return failed
         wait = _MigrationWait(self, from_id, to_id, program, self.new_id())
         fut = self._engine_request(from_id, "migrate_code",
                                    {"code_name": code_name, "instance_id": instance_id,
@@ -444,8 +456,10 @@ class _MigrationWait:
         if state == "committed":
             self._succeeded()
         elif state == "aborted" and not answer.get("presumed"):
-            settle(self.out, error=RemoteError(p.MIGRATION_FAILED, str(
-                answer.get("error") or "aborted")))
+            # a source that refused the migration outright says why (``code``, e.g.
+            # bad_state for an ended program): passed through, as its reply would have been
+            settle(self.out, error=RemoteError(str(answer.get("code") or p.MIGRATION_FAILED),
+                                               str(answer.get("error") or "aborted")))
         elif state == "aborted":  # the source never heard of it, or forgot it
             self.target_decides = True
             self._ask(self.target, self._target_said)

@@ -787,12 +787,43 @@ class CodeEngine:
 
     # ---------------------------------------------------------------- migration: source
     def _cmd_migrate_code(self, kwargs: dict) -> Any:
+        try:
+            return self._migrate(kwargs)
+        except p.ProtocolError as exc:
+            self._refused(kwargs.get("migration_id"), exc)
+            raise
+
+    def _refused(self, mid: Any, exc: p.ProtocolError) -> None:
+        """Remember a migration this source refused outright, so ``migration_status``
+        by its id tells the refusal (a dispatcher whose reply was lost asks that) rather
+        than a presumed abort, and a late command with the same id cannot start it."""
+        if not isinstance(mid, str) or mid in self._outgoing or mid in self._outcomes or \
+                self.journal.decision(mid):
+            return  # no id, or one already used: that record stands
+        try:
+            p.check_name("migration_id", mid)
+        except p.ProtocolError:
+            return
+        self._outcomes[mid] = {"state": m.ABORTED, "migration_id": mid, "engine": self.id,
+                               "error": exc.message, "code": exc.code}
+        while len(self._outcomes) > _REPLY_CACHE:
+            self._outcomes.popitem(last=False)
+
+    @staticmethod
+    def _check_not_ended(host: ProgramHost) -> None:
+        """An ended program (Exited, Crashed: a kill ends as Exited) has nothing to move:
+        refused at once, before anything reaches a target."""
+        if not host.alive:
+            status = host.status.value if host.status else "no status"
+            raise p.ProtocolError(p.BAD_STATE, f"program {host.instance_id} has ended "
+                                  f"({status}): there is nothing to migrate")
+
+    def _migrate(self, kwargs: dict) -> Any:
         host = self._program(kwargs)
         target = p.check_name("engine", p.require(kwargs, "engine"))
         if target == self.id:
             raise p.ProtocolError(p.BAD_REQUEST, "source and target engine are the same")
-        if not host.alive:
-            raise p.ProtocolError(p.BAD_STATE, f"{host.instance_id} is {host.status.value}")
+        self._check_not_ended(host)
         mid = kwargs.get("migration_id") or self.new_id()
         p.check_name("migration_id", mid)
         if mid in self._outgoing or mid in self._outcomes or self.journal.decision(mid):
@@ -801,9 +832,13 @@ class CodeEngine:
         started, t0 = self.clock.now(), time.perf_counter()
         was_running = host.status is ProgramStatus.RUNNING
         host.pause()
+        # a program in its own process may have ended just now (its status comes with the
+        # pause's answer): the same refusal, not a snapshot failure
+        self._check_not_ended(host)
         try:
             doc = host.snapshot()
         except SnapshotError as exc:
+            self._check_not_ended(host)
             if was_running:
                 host.resume()
             raise p.ProtocolError(p.SNAPSHOT_FAILED, str(exc)) from None

@@ -8,23 +8,31 @@ on exactly one engine (or is reported Lost when the only copy died with its boar
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import mqtt_fixtures
 import pytest
 from harness import consecutive, forever_counter
+from test_real_workers import Workers
+from test_real_workers import dispatcher as real_dispatcher
+from waiting import until
 
 from runtime import protocol as p
 from runtime.program import ProgramStatus
 from runtime.rpc import RemoteError
+from thingssim.sim.network import DELIVER, DROP
 from thingssim.sim.world import World
 
 COUNTER = forever_counter(0.1)
+broker = mqtt_fixtures.broker  # a real broker, for the real-worker test
 
 
 class Checked:
     """A world whose every simulation step is checked for two running copies."""
 
-    def __init__(self, n: int = 2, seed: int = 0, **dispatcher: object) -> None:
+    def __init__(self, n: int = 2, seed: int = 0, source: str = COUNTER,
+                 **dispatcher: object) -> None:
         self.world = World(seed)
         for i in range(n):
             self.world.add_board(f"e{i}", "raspberry-pi-3")
@@ -36,7 +44,7 @@ class Checked:
             json.loads(msg.payload)), qos=1)
         self.observer.connect()
         self.world.run(1.0)
-        self.iid = self.world.wait(self.d.run_code("e0", "counter", COUNTER))["id"]
+        self.iid = self.world.wait(self.d.run_code("e0", "counter", source))["id"]
         self.max_running = 0
 
     def running(self) -> list[str]:
@@ -345,3 +353,173 @@ def test_a_dispatcher_connecting_later_still_sees_the_lost_program(reboot):
     lab.after(2.0)
     assert late.programs[lab.iid].status == ("Lost" if reboot else "Unreachable")
     assert late.programs[lab.iid].engine == "e0"
+
+
+# ---------------------------------------------------------------- ended programs
+def ending_counter(end: str) -> str:
+    """Prints 0..9 every 0.1 s, then ends by ``end`` (a statement run after 9)."""
+    return ("n = 0\n"
+            "def tick():\n"
+            "    global n\n"
+            "    print(n)\n"
+            "    n += 1\n"
+            "    if n == 10:\n"
+            f"        {end}\n"
+            "timer = things.set_interval(tick, 0.1)\n")
+
+
+#: how a program ends -> its source (the forever counter is killed), its final status
+ENDINGS = {"exit": (ending_counter("things.clear_timer(timer)"), "Exited"),  # counter.py
+           "crash": (ending_counter("raise RuntimeError('sensor gone')"), "Crashed"),
+           "kill": (COUNTER, "Exited")}  # there is no Killed status: a kill ends Exited
+
+
+def ended(how: str, **dispatcher: object) -> Checked:
+    """A lab whose program has ended on e0, and the dispatcher has heard so."""
+    source, status = ENDINGS[how]
+    lab = Checked(source=source, **dispatcher)
+    lab.after(0.5)
+    if how == "kill":
+        assert lab.world.wait(lab.d.kill_code(lab.iid)) == "Exited"
+    lab.after(1.5)
+    assert lab.world.boards["e0"].engine.programs[lab.iid].status.value == status
+    assert lab.d.programs[lab.iid].status == status
+    numbers = lab.console()  # no gap, no repeat
+    assert how == "kill" or numbers == list(range(10))
+    return lab
+
+
+def migrate_timed(lab: Checked) -> tuple[object, list[float]]:
+    """A migration to e1 (the dispatcher's own request timeout), and the simulated time
+    at which its result completes."""
+    done: list[float] = []
+    fut = lab.d.move_code("e0", "e1", "counter", lab.iid)
+    fut.add_done_callback(lambda _: done.append(lab.world.env.now))
+    return fut, done
+
+
+def assert_nothing_moved(lab: Checked, status: str, since: float) -> None:
+    """The program stays ended on its source, which holds no migration; the target
+    holds nothing (no copy, nothing prepared, no decision: it was never asked)."""
+    source, target = (lab.world.boards[n].engine for n in ("e0", "e1"))
+    assert source.programs[lab.iid].status.value == status
+    assert source._busy == {} and source._outgoing == {} and source.migrations == []
+    assert target.programs == {} and target._incoming == {} and target._prepared == {}
+    assert target.journal.decisions == {}
+    assert lab.running() == [] and lab.copies() == ["e0"]
+    steps = [r for r in lab.world.network.trace_rows() if r["time"] >= since and
+             r["event"] == "publish" and ("/migrate/" in (r["topic"] or "") or
+                                          (r["topic"] or "").startswith("e1/cmd"))]
+    assert steps == []
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+def test_migrating_an_ended_program_fails_at_once_and_moves_nothing(how):
+    """Was: a migrate_code whose bad_state reply was lost kept move_code waiting 35 s, and
+    it then failed as "never committed on <target>" after asking the target to presume
+    abort.  A dispatcher that heard the program end now fails it at once, sending nothing."""
+    lab = ended(how)
+    status = ENDINGS[how][1]
+    t0 = lab.world.env.now
+    fut, done = migrate_timed(lab)
+    lab.after(1.0)
+    assert fut.done() and done == [t0]  # no round trip: no reply to lose
+    assert not [r for r in lab.world.network.trace_rows() if r["time"] >= t0 and
+                r["event"] == "publish" and r["client"] == "dispatcher" and
+                r["topic"] == "e0/cmd"]
+    error = fut.exception()
+    assert isinstance(error, RemoteError) and error.code == p.BAD_STATE
+    assert "has ended" in error.message and status in error.message
+    lab.after(60.0)  # past every timeout and lease: still nothing anywhere
+    assert_nothing_moved(lab, status, t0)
+    assert lab.d.programs[lab.iid].status == status
+    assert lab.d.programs[lab.iid].engine == "e0"
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+def test_the_source_refuses_an_ended_program_within_one_round_trip(how):
+    """A dispatcher that has not heard of the end yet asks the source, which refuses
+    with bad_state in one round trip, before anything reaches the target."""
+    lab = ended(how)
+    status = ENDINGS[how][1]
+    lab.d.programs[lab.iid].status = "Running"  # its end report has not arrived yet
+    t0 = lab.world.env.now
+    fut, done = migrate_timed(lab)
+    lab.after(1.0)
+    assert fut.done() and done[0] - t0 < 0.05  # one round trip is about 1 ms here
+    error = fut.exception()
+    assert isinstance(error, RemoteError) and error.code == p.BAD_STATE
+    assert "has ended" in error.message and status in error.message
+    lab.after(60.0)
+    assert_nothing_moved(lab, status, t0)
+
+
+def test_a_lost_refusal_is_told_again_by_the_source_without_asking_the_target():
+    """The source remembers the refused migration id: when the reply is lost, the
+    dispatcher's migration_status query gets the refusal itself (bad_state, not a presumed
+    abort), and the target is never asked to decide a migration it never saw."""
+    lab = ended("exit", request_timeout=5.0, migration_poll=2.0)
+    lab.d.programs[lab.iid].status = "Running"  # its end report has not arrived yet
+    dropped: list[bytes] = []
+
+    def lose_the_refusal(stage, client, topic, payload, qos):
+        if stage == "downlink" and topic == "dispatcher/reply" and b"bad_state" in payload \
+                and not dropped:
+            dropped.append(payload)
+            return DROP
+        return DELIVER
+
+    lab.world.network.intercept(lose_the_refusal)
+    t0 = lab.world.env.now
+    fut, done = migrate_timed(lab)
+    lab.after(4.0)
+    assert dropped and not fut.done()  # waiting for a reply that will never come
+    lab.after(10.0)
+    assert fut.done() and 5.0 + 2.0 <= done[0] - t0 < 5.0 + 2.0 + 0.05
+    error = fut.exception()
+    assert isinstance(error, RemoteError) and error.code == p.BAD_STATE
+    assert "has ended" in error.message
+    assert_nothing_moved(lab, "Exited", t0)
+    source = lab.world.boards["e0"].engine
+    answer = source._cmd_migration_status({"migration_id": next(iter(source._outcomes)),
+                                           "decide": True})
+    assert answer["state"] == "aborted" and answer["code"] == p.BAD_STATE
+    assert "presumed" not in answer and source.journal.decisions == {}
+
+
+def test_real_workers_refuse_to_migrate_an_ended_program(broker, tmp_path):
+    """The same on worker processes (programs in child processes) on a real broker: the
+    dispatcher fails it at once, the source refuses it in one round trip, the target
+    never holds a copy."""
+    workers = Workers(broker.url, tmp_path)
+    workers.start("w1")
+    workers.start("w2")
+
+    async def main() -> None:
+        d = await real_dispatcher(broker.url, ["w1", "w2"])
+        iid = (await d.run_code("w1", "counter", ending_counter(
+            "things.clear_timer(timer)")))["id"]
+        await until(lambda: d.programs[iid].status == "Exited", what="the program's end")
+        fut = d.move_code("w1", "w2", "counter", iid)
+        assert fut.done()  # the dispatcher knew: nothing sent
+        with pytest.raises(RemoteError) as known:
+            await fut
+        d.programs[iid].status = "Running"  # a dispatcher that has not heard of the end
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(RemoteError) as refused:
+            await d.move_code("w1", "w2", "counter", iid)
+        # the reply itself: a status poll could only follow the request timeout
+        assert loop.time() - t0 < d.config.request_timeout
+        for error in (known.value, refused.value):
+            assert error.code == p.BAD_STATE
+            assert "has ended" in error.message and "Exited" in error.message
+        await until(lambda: d.engines["w1"].report.get("procs", {}).get(iid, {})
+                    .get("status") == "Exited", what="w1 reporting the program Exited")
+        assert d.engines["w2"].programs == []  # the target holds nothing
+        d.kill()
+
+    try:
+        asyncio.run(main())
+    finally:
+        workers.stop_all()
