@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from .gfs.client import FsClient
     from .program import ProgramHost
 
 
@@ -39,6 +40,11 @@ class Things:
     @property
     def instance_id(self) -> str:
         return self._host.instance_id
+
+    @property
+    def fs(self) -> FsClient:
+        """Files in the global file system (:mod:`runtime.gfs.client`)."""
+        return self._host.fs
 
     def set_timeout(self, callback: Callable[..., Any], delay: float, *args: Any) -> int:
         """Call ``callback(*args)`` once, ``delay`` seconds from now."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from .api import ProgramExit, Things
 from .clock import Clock
+from .gfs.client import FsClient
 from .snapshot import document
 from .snapshot.decoder import GraphDecoder
 from .snapshot.encoder import PROGRAM_MODULE, GraphEncoder
@@ -126,6 +127,8 @@ class ProgramHost:
         self._event_hook = on_event  # (host, seconds of CPU the event took): for cost models
 
         self.api = Things(self)
+        self.fs = FsClient(self)  # things.fs: files in the global file system
+        self._holds = 0  # > 0: events wait and the clock stands still (files reloading)
         # its own `random`: isolated, and it migrates.  Seeded from ``random_seed``, else
         # from an instance id given by the caller (the simulator's ids are seeded, so its
         # runs repeat), else from os.urandom
@@ -186,6 +189,7 @@ class ProgramHost:
             return
         self._prog_base, self._clock_base = self._time, self._clock.now()
         self._set_status(ProgramStatus.RUNNING)
+        self.fs.kick()
         self._after_event()
 
     def kill(self) -> None:
@@ -200,14 +204,39 @@ class ProgramHost:
         self._cancel_wake()
         self._arm()
 
+    def hold(self) -> None:
+        """Run no event, and stop the program clock, until as many ``release()`` calls:
+        the state a restored program waits in while its open files reload."""
+        if self._holds == 0:
+            self._time = self.program_time()
+            self._cancel_wake()
+        self._holds += 1
+
+    def release(self) -> None:
+        if self._holds == 0:
+            return
+        self._holds -= 1
+        if self._holds == 0:
+            self._prog_base, self._clock_base = self._time, self._clock.now()
+            self._arm()
+
+    def _fs_idle(self) -> None:
+        """``things.fs`` finished its last operation: the program may have ended."""
+        if not self._in_callback and self.status is ProgramStatus.RUNNING:
+            self._after_event()
+
     @property
     def alive(self) -> bool:
         return self.status in (ProgramStatus.RUNNING, ProgramStatus.PAUSED)
 
     @property
     def filters(self) -> list[str]:
-        """Topic filters the program is subscribed to, in subscription order, no repeats."""
-        return list(dict.fromkeys(f for f, _ in self._subs))
+        """Topic filters the program is subscribed to, in subscription order, no repeats
+        (plus its ``things.fs`` reply topic once it used files)."""
+        filters = list(dict.fromkeys(f for f, _ in self._subs))
+        if self.fs.active and self.alive:
+            filters.append(self.fs.reply_topic)
+        return filters
 
     @property
     def pending_events(self) -> int:
@@ -218,7 +247,7 @@ class ProgramHost:
         return None if head is None else head[0]
 
     def program_time(self) -> float:
-        if self._in_callback or self.status is not ProgramStatus.RUNNING:
+        if self._in_callback or self.status is not ProgramStatus.RUNNING or self._holds:
             return self._time
         estimate = self._prog_base + (self._clock.now() - self._clock_base)
         return max(self._time, estimate)
@@ -283,6 +312,9 @@ class ProgramHost:
         """
         if self.status is not ProgramStatus.RUNNING and self.status is not ProgramStatus.PAUSED:
             return False
+        if topic == self.fs.reply_topic and self.fs.active:
+            self.fs.on_reply(data)  # not an event of the program: it may be waiting for it
+            return True
         for topic_filter, _ in self._subs:
             if topic_filter == via if via is not None else topic_matches(topic_filter, topic):
                 break
@@ -323,7 +355,7 @@ class ProgramHost:
         return None
 
     def _arm(self) -> None:
-        if self.status is not ProgramStatus.RUNNING or self._in_callback:
+        if self.status is not ProgramStatus.RUNNING or self._in_callback or self._holds:
             return
         head = self._peek()
         if head is None or (self._horizon is not None and
@@ -415,7 +447,7 @@ class ProgramHost:
 
     def _after_event(self) -> None:
         if self.status is ProgramStatus.RUNNING and not self._timers \
-                and not self._subs and not self._queued_messages:
+                and not self._subs and not self._queued_messages and not self.fs.busy:
             self._finish(ProgramStatus.EXITED, 0)  # nothing can ever happen again
             return
         self._arm()
@@ -423,7 +455,8 @@ class ProgramHost:
     def _finish(self, status: ProgramStatus, code: int | None) -> None:
         self._cancel_wake()
         self.exit_code = code
-        had_subs = bool(self._subs)
+        had_subs = bool(self._subs) or self.fs.active
+        self.fs.stop()
         self._timers.clear()
         self._queue.clear()
         self._queued_messages = 0
@@ -449,7 +482,7 @@ class ProgramHost:
             raise SnapshotError(f"program {self.instance_id} has ended ({self.status.value})")
         encoder = GraphEncoder(self._sites, self.globals,
                                {id(self.api): "things", id(self._builtins): "builtins",
-                                **self.modules.runtime_refs()})
+                                id(self.fs): "things.fs", **self.modules.runtime_refs()})
         globals_ref = encoder.encode_root(self.globals, "globals")
         timers = []
         for timer in sorted(self._timers.values(), key=lambda t: t.seq):
@@ -465,6 +498,7 @@ class ProgramHost:
             if kind == _MESSAGE:
                 messages.append({"due": due, "seq": seq, "topic": ref[0], "via": ref[2],
                                  **_bytes_field(ref[1])})
+        fs = self.fs.capture(encoder.encode_root)
         modules = self.modules.capture(encoder)
         return {
             "format": document.FORMAT, "version": document.VERSION,
@@ -479,6 +513,7 @@ class ProgramHost:
             "messages": messages, "seen": dict(self._last_seen),
             "shapes": encoder.shapes, "objects": encoder.objects,
             **({"modules": modules} if modules else {}),
+            **({"fs": fs} if fs is not None else {}),
         }
 
     @classmethod
@@ -520,12 +555,13 @@ class ProgramHost:
         self.modules.prepare(modules)
         decoder = GraphDecoder(objects, self._sites, self.globals,
                                {"things": self.api, "builtins": self._builtins,
-                                **self.modules.runtime_objects()},
+                                "things.fs": self.fs, **self.modules.runtime_objects()},
                                presets={globals_index: self.globals}, shapes=doc["shapes"],
                                own_module=self.modules.get)
         decoder.decode()
         value = decoder.value
         self.modules.load(modules, value)
+        self.fs.load(doc.get("fs"), value)
         for item in doc["timers"]:
             period = item["period"]
             timer = _Timer(int(item["id"]), value(item["callback"]), tuple(value(item["args"])),
