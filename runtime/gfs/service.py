@@ -91,7 +91,7 @@ class GfsService:
 
     def start(self) -> GfsService:
         now = self.clock.now()
-        for folder in LAYOUT:
+        for folder in (*LAYOUT, *(g.target for g in self.namespaces.grants)):
             self.storage.mkdir(folder, now, parents=True, exist_ok=True)
         dropped = self.storage.discard_uploads_before(now - self.upload_ttl)
         if dropped:
@@ -115,7 +115,7 @@ class GfsService:
             if last is not None and seq <= last[0]:
                 if seq == last[0]:  # a retry: the same answer, not a second change
                     self.duplicates += 1
-                    self._answer(request, json.loads(last[1]), request.ctrl, 0)
+                    self._answer(request, self._recalled(request, last[1]), request.ctrl, 0)
                 return  # older than the client's last change: a stale duplicate
         self.requests += 1
         size = 0
@@ -141,6 +141,26 @@ class GfsService:
             if numbered and request.ctrl in CHANGES:  # a retry gets the same error
                 self.storage.remember(client, seq, json.dumps(answer))
         self._answer(request, answer, request.ctrl, size)
+
+    def _recalled(self, request: p.Request, stored: str) -> dict:
+        """The answer to a retried change, from what was remembered with it: an error
+        answer as sent, or the storage's result (an entry in global paths, or null) put
+        back into the client's view."""
+        value = json.loads(stored)
+        if isinstance(value, dict) and "error" in value:
+            return value
+        kwargs = request.kwargs
+        view = kwargs.get("dst", kwargs.get("path"))
+        if request.ctrl == "fs_post":
+            kind = kwargs.get("type")
+            return {"result": {"type": kind, "name": kwargs.get("name"),
+                               "content": {} if kind == "directory" else
+                               kwargs.get("content", "")}}
+        if request.ctrl == "fs_delete":
+            return {"result": {"path": view}}
+        if isinstance(value, dict):
+            value["path"] = normalize(view) if isinstance(view, str) else value.get("path")
+        return {"result": value}
 
     def _answer(self, request: p.Request, answer: dict, op: str, size: int) -> None:
         if not request.reply_to:
@@ -272,7 +292,8 @@ class GfsService:
     def _op_stage(self, kwargs: dict, program: Optional[str]) -> tuple[Any, int]:
         upload = self._upload(kwargs)
         data = unb64(kwargs.get("data"))
-        staged = self.storage.stage(upload, self._int(kwargs, "offset"), data)
+        staged = self.storage.stage(upload, self._int(kwargs, "offset"), data,
+                                    self.clock.now())
         return {"staged": staged}, len(data)
 
     def _upload(self, kwargs: dict) -> str:
