@@ -325,7 +325,88 @@ def test_a_failed_open_is_raised_by_the_next_write(lab: Lab) -> None:
         things.set_timeout(later, 0.5)
     """)
     lab.run(1)
-    assert lab.console[iid] == ["raised /no/such/dir/x.txt"]
+    assert lab.console[iid] == [
+        "things.fs: open failed: [Errno 2] No such file or directory (its folder does not "
+        "exist): '/no/such/dir/x.txt'", "raised /no/such/dir/x.txt"]
+
+
+def test_exclusive_create_checked_again_at_close(lab: Lab) -> None:
+    iid = lab.start("""
+        f = things.fs.open("once.txt", "x", lambda err, _: print("open", err))
+        f.write("mine")
+        def later():
+            f.close(lambda err, _: print("close", type(err).__name__, err.filename))
+        things.set_timeout(later, 0.5)
+    """)
+    lab.run(0.2)
+    other = lab.start("""
+        things.fs.write_file("once.txt", "theirs", lambda err, _: print("other", err))
+    """)
+    lab.run(1)
+    assert lab.console[iid] == ["open None", "close FileExistsError /once.txt"]
+    assert lab.console[other] == ["other None"]
+    assert lab.file("/programs/prog/once.txt") == b"theirs"
+
+
+def test_line_buffering_and_the_writers_limits(lab: Lab) -> None:
+    iid = lab.start("""
+        import io
+        f = things.fs.open("lines.txt", "w", buffering=1)
+        f.write("partial")
+        print("pending", len(f._pending))
+        f.write(" line\\n")
+        print("pending after newline", len(f._pending), f.tell())
+        for call in (lambda: f.seek(0), lambda: f.read()):
+            try:
+                call()
+            except io.UnsupportedOperation as exc:
+                print("unsupported")
+        f.close()
+        try:
+            f.write("x")
+        except ValueError as exc:
+            print(exc)
+    """)
+    lab.run(0.5)
+    assert lab.console[iid] == ["pending 7", "pending after newline 0 13", "unsupported",
+                                "unsupported", "I/O operation on closed file."]
+    assert lab.file("/programs/prog/lines.txt") == b"partial line\n"
+
+
+def test_a_reader_never_mixes_two_versions() -> None:
+    """A 2 MB file (eight pieces) read again and again while another program replaces it;
+    delays interleave the reader's pieces with the writer's commits."""
+    world = FaultyWorld(3, 0.0, 0.0, 0.02, grants=("*:/shared/data:/data:rw",))
+    size = 2_000_000
+    world.storage.write("/shared/data/f.bin", bytes(size), "w", 0.0)
+    reader = world.program("reader", f"""
+        got = []
+        def read_it():
+            things.fs.read_file("/data/f.bin", done, binary=True)
+        def done(err, data):
+            got.append(len(set(data)) == 1 and len(data) == {size})
+            if len(got) < 10:
+                read_it()
+            else:
+                print(got.count(True), "of", len(got), "whole")
+        read_it()
+    """)
+    console: list[str] = []
+    reader._console_hook = console.append
+    world.program("writer", f"""
+        k = 0
+        def rewrite(err=None, _=None):
+            global k
+            k += 1
+            if k < 30:
+                things.fs.write_file("/data/f.bin", bytes([k]) * {size}, rewrite)
+        rewrite()
+    """)
+    world.clock.run(until=100)
+    assert console == ["10 of 10 whole\n"]
+    restarts = world.service.errors  # pieces refused because the file changed meanwhile
+    assert restarts > 0
+    assert world.storage.read("/shared/data/f.bin")[0] == bytes([29]) * size
 
 
 def test_reading_before_the_callback_would_block(lab: Lab) -> None:
@@ -397,18 +478,25 @@ class FaultyWorld:
     still retrying what it had in flight), then the old copy is dropped."""
 
     def __init__(self, seed: int, loss: float, dup: float, max_delay: float,
-                 records: int) -> None:
+                 records: int = 0, grants: tuple = ()) -> None:
         self.rng = random.Random(seed)
         self.loss, self.dup, self.max_delay = loss, dup, max_delay
         self.clock = VirtualClock()
         self.storage = SqliteStorage(":memory:")
-        self.service = GfsService(self, self.clock, self.storage).start()
-        self.hosts: list[ProgramHost] = []
-        self.source = PROGRAM.replace("RECORDS", str(records))
-        self.first = self._host(ProgramHost(self.source, clock=self.clock,
-                                            code_name="p", instance_id="p.1",
-                                            publish=self._to_service))
-        self.first.start()
+        self.service = GfsService(self, self.clock, self.storage,
+                                  namespaces=Namespaces(grants)).start()
+        self.hosts: list[ProgramHost] = []  # the migrating program's live copies
+        self.others: list[ProgramHost] = []
+        if records:
+            self._host(self.program("p", PROGRAM.replace("RECORDS", str(records)), False))
+
+    def program(self, name: str, source: str, other: bool = True) -> ProgramHost:
+        host = ProgramHost(textwrap.dedent(source), clock=self.clock, code_name=name,
+                           instance_id=f"{name}.1", publish=self._to_service)
+        if other:
+            self.others.append(host)
+        host.start()
+        return host
 
     # the service's transport
     client_id = "gfs"
@@ -418,7 +506,7 @@ class FaultyWorld:
         self._service_handler = handler
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        self._channel(lambda: [h.deliver(topic, payload) for h in list(self.hosts)])
+        self._channel(lambda: [h.deliver(topic, payload) for h in self.hosts + self.others])
 
     def _to_service(self, topic: str, payload: bytes) -> None:
         self._channel(lambda: self._service_handler(Message(topic, payload, 1)))

@@ -173,6 +173,8 @@ class File:
         return line
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        if self._kind != "r" and not self._closed:
+            raise io.UnsupportedOperation("a file opened for writing cannot seek here")
         self._check(True)
         return self._reader.seek(offset, whence)
 
@@ -524,6 +526,8 @@ class FsClient:
             if error is not None:
                 file._error = error
                 self._reading.discard(file)
+                if op.callback is None:
+                    self._host.write_console(f"things.fs: open failed: {error}\n")
             elif op.ctrl == "read":
                 file._load(bytes(op.data))
             self._later(op.callback, error, None if error is not None else file)
