@@ -295,6 +295,9 @@ class ProgramHost:
     def publish(self, topic: str, payload: Any) -> None:
         if type(topic) is not str or not topic or "+" in topic or "#" in topic:
             validate_topic(topic)  # raises the precise error
+        if topic == self.fs.command_topic:  # else a program could speak for no program
+            raise PermissionError(f"programs reach the file service through things.fs, "
+                                  f"not by publishing on {topic!r}")
         self._publish_hook(topic, encode_payload(payload))
 
     def write_console(self, text: str) -> None:

@@ -551,3 +551,34 @@ def test_appends_exactly_once_and_in_order_under_faults(seed, loss, dup, max_del
     assert final.status.value == "Exited", final.error
     data, _ = world.storage.read("/programs/p/log")
     assert data.decode().splitlines() == [str(i) for i in range(40)]
+
+
+@pytest.mark.parametrize("path", ["..", "../other/secret", "/../other", "a/../../b",
+                                  "/models/../../x", "./../../programs/other"])
+def test_paths_cannot_escape_a_programs_root(path: str) -> None:
+    lab = Lab(grants=("prog:/shared/models:/models:r",))
+    lab.storage.mkdir("/programs/other", 0.0, parents=True)
+    lab.storage.write("/programs/other/secret", b"s", "w", 0.0)
+    client = lab.broker.client("raw")
+    client.connect()
+    replies: list[dict] = []
+    client.subscribe("raw/reply", lambda m: replies.append(json.loads(m.payload)))
+    for n, ctrl in enumerate(("read", "listdir", "stat", "remove")):
+        client.publish(command_topic(), json.dumps(
+            {"ctrl": ctrl, "kwargs": {"path": path, "as": "prog"}, "reply_to": "raw/reply",
+             "request_id": str(n)}).encode())
+    lab.run(0.5)
+    assert [r["error"]["code"] for r in replies] == ["EACCES"] * 4
+    assert all(r["error"]["path"] == path for r in replies)
+    assert lab.file("/programs/other/secret") == b"s"
+
+
+def test_a_program_cannot_bypass_its_view_by_publishing(lab: Lab) -> None:
+    iid = lab.start("""
+        try:
+            things.publish("gfs/cmd", {"ctrl": "listdir", "kwargs": {"path": "/"}})
+        except PermissionError as exc:
+            print("refused")
+    """)
+    lab.run(0.5)
+    assert lab.console[iid] == ["refused"]

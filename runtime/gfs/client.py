@@ -355,6 +355,11 @@ class FsClient:
                          None, "none"))
 
     @property
+    def command_topic(self) -> str:
+        """Where requests go; the program's own ``things.publish`` may not use it."""
+        return command_topic(self.service_id)
+
+    @property
     def pending(self) -> int:
         """Operations not finished yet."""
         return len(self._ops)
@@ -465,7 +470,7 @@ class FsClient:
         kwargs.update({"as": self._host.code_name, "client": self._host.instance_id,
                        "seq": op.seq})
         self._sent_at = op.seq
-        self._host._publish_hook(command_topic(self.service_id), p.encode(
+        self._host._publish_hook(self.command_topic, p.encode(
             {"ctrl": op.ctrl, "kwargs": kwargs, "request_id": str(op.seq),
              "reply_to": self.reply_topic}))
         self._stop_timer()
