@@ -15,7 +15,13 @@ TOML layout (every key optional unless marked)::
     [[programs]] name (required), file (relative to the TOML) or source, board, at = 0.0
     [[actions]]  at, type = run|migrate|pause|resume|kill|spawn, program, to
     [[faults]]   at, type = crash|reboot|link_down|link_up|broker_down|broker_up,
-                 board, duration (recover after that many seconds)
+                 board (or the [gfs] node's name), duration (recover after that many seconds)
+    [gfs]        name = "gfs", profile = "desktop-vm" (its node's link; latency, bandwidth,
+                 jitter, loss override it), storage = "vm-disk" | "sd-card" (its cost
+                 model; commit_latency, read_latency, write_per_byte, read_per_byte
+                 override it), grants = ["PROGRAMS:TARGET[:MOUNT][:MODE]", ...],
+                 files = {"/global/path" = "file relative to the TOML"}: a global file
+                 system node (thingssim.sim.gfs); the run also writes gfs.csv
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ import pandas as pd
 
 from runtime import protocol
 from runtime.dispatcher import DispatcherConfig, UnknownEngine, UnknownProgram
+from runtime.gfs.paths import Grant, normalize
 from runtime.userinput import read_text, unknown_keys
 
 from .boards import PROFILES, BoardProfile
+from .gfs import STORAGE_PROFILES, StorageCost
 from .network import BrokerProfile
 from .world import CostModel, World
 
@@ -65,6 +73,22 @@ class ProgramSpec:
     source: str
     board: str
     at: float = 0.0
+
+
+@dataclass
+class GfsSpec:
+    """The ``[gfs]`` table: a global file system node (:mod:`thingssim.sim.gfs`)."""
+
+    name: str = "gfs"
+    profile: str = "desktop-vm"
+    storage: str = "vm-disk"  # a STORAGE_PROFILES name
+    grants: list = field(default_factory=list)  # Grant.parse specs
+    cost: dict = field(default_factory=dict)  # StorageCost overrides
+    overrides: dict = field(default_factory=dict)  # link overrides (BoardProfile fields)
+    files: dict = field(default_factory=dict)  # global path -> bytes, preloaded
+
+    def storage_cost(self) -> StorageCost:
+        return STORAGE_PROFILES[self.storage].with_overrides(**self.cost)
 
 
 @dataclass
@@ -104,6 +128,7 @@ class Scenario:
     cost: dict = field(default_factory=dict)
     dispatcher: dict = field(default_factory=dict)
     trace: bool = True
+    gfs: GfsSpec | None = None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -132,7 +157,7 @@ class Scenario:
         if not isinstance(data, dict):
             raise ScenarioError("a scenario must be a table (a dict)")
         top = {"name", "seed", "duration", "keepalive", "broker", "cost", "dispatcher",
-               "boards", "programs", "actions", "faults", "trace"}
+               "boards", "programs", "actions", "faults", "trace", "gfs"}
         _no_unknown("scenario", data, top)
         if "duration" not in data:
             raise ScenarioError("scenario needs a 'duration' (simulated seconds)")
@@ -165,10 +190,11 @@ class Scenario:
         actions = [ActionSpec(**_action(where, item))
                    for where, item in _entries(data, "actions")]
         faults = [FaultSpec(**_fault(where, item)) for where, item in _entries(data, "faults")]
+        gfs = _gfs(data["gfs"], base_dir) if "gfs" in data else None
         scenario = cls(duration=duration, boards=boards, programs=programs,
                        actions=actions, faults=faults, seed=seed, name=name,
                        keepalive=keepalive, broker=broker, cost=cost,
-                       dispatcher=dispatcher, trace=trace)
+                       dispatcher=dispatcher, trace=trace, gfs=gfs)
         scenario.validate()
         return scenario
 
@@ -176,6 +202,13 @@ class Scenario:
         names = [n for b in self.boards for n in b.names()]
         if len(set(names)) != len(names):
             raise ScenarioError("board names must be unique")
+        nodes = list(names)
+        if self.gfs is not None:
+            if self.gfs.name in names or self.gfs.name == self.dispatcher.get("id",
+                                                                              "dispatcher"):
+                raise ScenarioError(f"[gfs]: name {self.gfs.name!r} is taken by a board or "
+                                    "the dispatcher")
+            nodes.append(self.gfs.name)
         programs = {p.name for p in self.programs}
         for prog in self.programs:
             if prog.board not in names:
@@ -193,7 +226,7 @@ class Scenario:
         for fault in self.faults:
             if fault.type not in FAULTS:
                 raise ScenarioError(f"unknown fault type {fault.type!r}; one of {FAULTS}")
-            if not fault.type.startswith("broker") and fault.board not in names:
+            if not fault.type.startswith("broker") and fault.board not in nodes:
                 raise ScenarioError(f"fault {fault.type} at {fault.at}: unknown board "
                                     f"{fault.board!r}")
         if not self.duration > 0 or not math.isfinite(self.duration):
@@ -356,7 +389,68 @@ def _fault(where: str, item: dict) -> dict:
     return item
 
 
-#: the tables a run writes, as ``<name>.csv`` (``Results.save``)
+_GFS_KEYS = {"name", "profile", "storage", "grants", "files"}
+_GFS_COST = {f.name for f in fields(StorageCost)}
+_GFS_LINK = {"latency", "bandwidth", "jitter", "loss"}
+
+
+def _gfs(table: Any, base_dir: Path) -> GfsSpec:
+    """The ``[gfs]`` table, checked as the others are (every problem names the key)."""
+    where = "[gfs]"
+    if not isinstance(table, dict):
+        raise ScenarioError(f"'gfs' must be a table ([gfs]), not {table!r}")
+    _no_unknown(where, table, _GFS_KEYS | _GFS_COST | _GFS_LINK)
+    name = table.get("name", "gfs")
+    try:
+        protocol.check_name("name", name)
+    except protocol.ProtocolError as exc:
+        raise ScenarioError(f"{where}: {exc.message}") from None
+    profile = table.get("profile", "desktop-vm")
+    link = {k: table[k] for k in _GFS_LINK if k in table}
+    try:
+        _profile(where, profile).with_overrides(**link)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    storage = table.get("storage", "vm-disk")
+    if storage not in STORAGE_PROFILES:
+        raise ScenarioError(f"{where}: unknown storage {storage!r}; known: "
+                            f"{', '.join(sorted(STORAGE_PROFILES))}")
+    cost = {k: table[k] for k in _GFS_COST if k in table}
+    try:
+        STORAGE_PROFILES[storage].with_overrides(**cost)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    grants = table.get("grants", [])
+    if not isinstance(grants, list):
+        raise ScenarioError(f"{where}: grants must be a list such as "
+                            f"[\"riot-*:/shared/models:/models:rw\"], not {grants!r}")
+    for n, grant in enumerate(grants, 1):
+        try:
+            Grant.parse(grant)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ScenarioError(f"{where}: grants entry {n}: {exc}") from None
+    files = table.get("files", {})
+    if not isinstance(files, dict):
+        raise ScenarioError(f"{where}: files must be a table of global path = file, "
+                            f"not {files!r}")
+    preload = {}
+    for path, file in files.items():
+        try:
+            target = normalize(path)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ScenarioError(f"{where}: files {path!r}: {exc}") from None
+        source = base_dir / _string(f"{where}: files {path!r}", "the file", file)
+        try:
+            preload[target] = source.read_bytes()
+        except OSError as exc:
+            raise ScenarioError(f"{where}: files {path!r}: cannot read {source} "
+                                f"({exc.strerror or exc})") from None
+    return GfsSpec(name=name, profile=profile, storage=storage, grants=list(grants),
+                   cost=cost, overrides=link, files=preload)
+
+
+#: the tables a run writes, as ``<name>.csv`` (``Results.save``); a scenario with a
+#: ``[gfs]`` table also writes ``gfs.csv``
 CSV_NAMES = ("messages", "migrations", "programs", "boards", "actions", "faults")
 
 
@@ -371,15 +465,17 @@ class Results:
     actions: pd.DataFrame
     faults: pd.DataFrame
     stats: dict
+    gfs: pd.DataFrame | None = None  # one row per GFS request (scenarios with [gfs])
 
     def save(self, out: str | Path) -> list[Path]:
-        """Write the six CSVs into ``out``.  They depend only on the scenario and its seed
-        (same Python and platform): the same bytes from any directory, path spelling,
-        ``PYTHONHASHSEED`` or OS (``\\n`` line endings, fixed float format)."""
+        """Write the six CSVs into ``out`` (and ``gfs.csv`` if the world had a GFS).  They
+        depend only on the scenario and its seed (same Python and platform): the same bytes
+        from any directory, path spelling, ``PYTHONHASHSEED`` or OS (``\\n`` line endings,
+        fixed float format)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in CSV_NAMES:
+        for name in CSV_NAMES + (("gfs",) if self.gfs is not None else ()):
             path = out / f"{name}.csv"
             getattr(self, name).to_csv(path, index=False, float_format="%.9g",
                                        lineterminator="\n")
@@ -406,6 +502,10 @@ class _Runner:
         for spec in s.boards:
             for name in spec.names():
                 w.add_board(name, spec.profile, spec.resource_period, **spec.overrides)
+        if s.gfs is not None:
+            g = s.gfs
+            w.add_gfs(g.name, g.profile, grants=g.grants, cost=g.storage_cost(),
+                      files=g.files, **g.overrides)
         w.add_dispatcher(**s.dispatcher)
         for prog in s.programs:
             w.at(prog.at, lambda prog=prog: self._act("run", prog.name, prog.board, prog))
@@ -421,12 +521,13 @@ class _Runner:
 
     def _fault(self, kind: str, board: str | None) -> None:
         w = self.world
+        node: Any = w.boards.get(board) or w.gfs.get(board)  # a board, or the GFS node
         if kind == "crash":
-            w.boards[board].crash()
+            node.crash()
         elif kind == "reboot":
-            w.boards[board].reboot()
+            node.reboot()
         elif kind in ("link_down", "link_up"):
-            getattr(w.boards[board].link, kind.split("_")[1])()
+            getattr(node.link, kind.split("_")[1])()
             w.record_fault(kind, board)
         else:
             getattr(w.network, kind)()
@@ -524,12 +625,14 @@ class _Runner:
             actions=pd.DataFrame(w.actions, columns=["time", "action", "program", "target",
                                                      "done", "ok", "result"]),
             faults=pd.DataFrame(w.faults, columns=["time", "fault", "target"]),
-            stats=w.network.counters())
+            stats=w.network.counters(),
+            gfs=pd.concat([node.frame() for node in w.gfs.values()], ignore_index=True)
+            if w.gfs else None)
 
 
 _MIGRATION_COLUMNS = ["migration_id", "instance_id", "code_name", "source", "target",
                       "started", "snapshot_s", "snapshot_bytes", "transfer_s", "restore_s",
                       "commit_s", "total_s", "ok", "error"]
 
-__all__ = ["CSV_NAMES", "ActionSpec", "BoardSpec", "FaultSpec", "ProgramSpec", "Results",
-           "Scenario", "ScenarioError"]
+__all__ = ["CSV_NAMES", "ActionSpec", "BoardSpec", "FaultSpec", "GfsSpec", "ProgramSpec",
+           "Results", "Scenario", "ScenarioError"]

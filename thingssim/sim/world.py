@@ -20,16 +20,22 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from runtime.dispatcher import Dispatcher
 from runtime.engine import CodeEngine
+from runtime.gfs.service import GfsService
 from runtime.journal import MemoryJournal
 from runtime.transport import Message
 
 from .boards import BoardProfile, get_profile
 from .clock import SimEnvironment, SimPyClock
 from .network import BrokerProfile, LinkProfile, Network
+
+if TYPE_CHECKING:
+    from runtime.gfs.storage import Storage
+
+    from .gfs import GfsNode, StorageCost
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,7 @@ class World:
         self.faults: list[dict] = []
         self.actions: list[dict] = []
         self.retired_engines: list[CodeEngine] = []  # engines of boards that crashed
+        self.gfs: dict[str, GfsNode] = {}  # GFS nodes by name (World.add_gfs)
 
     def id_source(self, name: str) -> Callable[[], str]:
         """Deterministic ids per client: same seed, same ids."""
@@ -332,6 +339,20 @@ class World:
                                      {"id": name, **config}, new_id=self.id_source(name))
         self.dispatcher.start()
         return self.dispatcher
+
+    def add_gfs(self, name: str = "gfs", profile: str | BoardProfile = "desktop-vm",
+                storage: Storage | None = None, grants: Iterable[Any] = (),
+                cost: StorageCost | None = None, **options: Any) -> GfsService:
+        """A GFS service on its own node (``world.gfs[name]``; see :mod:`thingssim.sim.gfs`
+        for ``cost``, ``files`` and link overrides).  Programs reach the one named "gfs".
+        After a reboot of the node, ``world.gfs[name].service`` is the new process."""
+        from .gfs import GfsNode  # imported by worlds that have files only
+
+        if name in self.boards or name in self.gfs or name in self.network.links:
+            raise ValueError(f"node {name!r} already exists")
+        node = self.gfs[name] = GfsNode(self, name, profile, storage=storage, grants=grants,
+                                        cost=cost, **options)
+        return node.service
 
     def at(self, when: float, action: Callable[[], Any]) -> None:
         self.clock.call_at(when, action)
