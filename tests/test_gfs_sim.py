@@ -423,6 +423,7 @@ def _scenario(gfs: Any, **extra: Any) -> dict:
     ({"grants": ["*:/a", "x"]}, "[gfs]: grants entry 2: grant 'x'"),
     ({"files": {"/a/b": "no-such-file.json"}}, "[gfs]: files '/a/b': cannot read"),
     ({"files": {"/a/../../b": "x"}}, "[gfs]: files '/a/../../b': "),
+    ({"files": {"/": "x"}}, "[gfs]: files '/': a file cannot be the root"),
     ({"name": "a"}, "[gfs]: name 'a' is taken by a board or the dispatcher"),
     ({"name": "bad/name"}, "[gfs]: name"),
     ("gfs", "'gfs' must be a table ([gfs])"),

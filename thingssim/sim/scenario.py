@@ -204,8 +204,7 @@ class Scenario:
             raise ScenarioError("board names must be unique")
         nodes = list(names)
         if self.gfs is not None:
-            if self.gfs.name in names or self.gfs.name == self.dispatcher.get("id",
-                                                                              "dispatcher"):
+            if self.gfs.name in names or self.gfs.name == "dispatcher":
                 raise ScenarioError(f"[gfs]: name {self.gfs.name!r} is taken by a board or "
                                     "the dispatcher")
             nodes.append(self.gfs.name)
@@ -439,6 +438,10 @@ def _gfs(table: Any, base_dir: Path) -> GfsSpec:
             target = normalize(path)
         except (ValueError, TypeError, OSError) as exc:
             raise ScenarioError(f"{where}: files {path!r}: {exc}") from None
+        if target == "/" or any(other.startswith(target + "/") or target.startswith(other + "/")
+                                for other in preload):
+            raise ScenarioError(f"{where}: files {path!r}: a file cannot be the root or "
+                                "the folder of another file")
         source = base_dir / _string(f"{where}: files {path!r}", "the file", file)
         try:
             preload[target] = source.read_bytes()
