@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from runtime.program import ProgramHost
 from runtime.rpc import RemoteError
 from thingssim.sim.gfs import STORAGE_PROFILES, GfsNode, StorageCost
-from thingssim.sim.scenario import Scenario, ScenarioError
+from thingssim.sim.scenario import Scenario, ScenarioError, _Runner
 from thingssim.sim.world import World
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "experiments" / "scenarios"
@@ -383,7 +383,14 @@ def test_the_gfs_node_crashes_mid_run_and_nothing_is_lost_or_repeated():
 # ====================================================================== scenarios
 def test_example_scenario_is_reproducible_and_writes_gfs_csv(tmp_path):
     scenario = Scenario.from_toml(SCENARIOS / "gfs_logger.toml")
-    first = scenario.run()
+    runner = _Runner(scenario, scenario.seed)
+    first = runner.run(None)
+    storage = runner.world.gfs["gfs"].storage
+    for name, count in (("logger-a", 150), ("logger-b", 150), ("logger-c", None)):
+        lines = storage.read(f"/programs/{name}/logs/app.log")[0].decode().splitlines()
+        numbers = [int(line.split()[2]) for line in lines]
+        assert numbers == list(range(count or len(numbers))), name  # the migrating one too
+    assert 0 < len(numbers) < 150  # logger-c died with its board, its log up to then
     assert first.actions["ok"].all(), first.actions
     assert first.migrations["ok"].all() and len(first.migrations) >= 4
     assert {"crash", "reboot"} <= set(first.faults["fault"])
