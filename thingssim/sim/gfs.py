@@ -37,7 +37,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from runtime.gfs.paths import Grant, Namespaces, normalize
 from runtime.gfs.service import CHANGES, GfsService
@@ -45,10 +45,7 @@ from runtime.gfs.storage import Storage
 from runtime.transport import Message
 
 from .boards import BoardProfile, get_profile
-from .link import LinkProfile
-
-if TYPE_CHECKING:
-    from .world import World
+from .world import World, link_profile
 
 __all__ = ["GFS_COLUMNS", "STORAGE_PROFILES", "GfsNode", "StorageCost"]
 
@@ -183,15 +180,6 @@ STORAGE_PROFILES: dict[str, StorageCost] = {
 }
 
 
-def storage_profile(name: str) -> StorageCost:
-    """The storage cost profile ``name``; a KeyError naming the known ones."""
-    try:
-        return STORAGE_PROFILES[name]
-    except KeyError:
-        raise KeyError(f"unknown storage profile {name!r}; known: "
-                       f"{', '.join(sorted(STORAGE_PROFILES))}") from None
-
-
 # ====================================================================== the node
 class _NodeCall:
     """A pending callback of the node's service: dropped if cancelled or if the node
@@ -280,9 +268,7 @@ class GfsNode:
         self.profile = base.with_overrides(**overrides) if overrides else base
         self.world = world
         self.name = name
-        self.link = world.network.add_link(name, LinkProfile(
-            latency=self.profile.latency, bandwidth=self.profile.bandwidth,
-            jitter=self.profile.jitter, loss=self.profile.loss))
+        self.link = world.network.add_link(name, link_profile(self.profile))
         if storage is None:
             from runtime.gfs.sqlite import SqliteStorage
 

@@ -52,6 +52,12 @@ class CostModel:
             raise ValueError(f"cost model mode must be 'fixed' or 'measured', not {self.mode!r}")
 
 
+def link_profile(profile: BoardProfile) -> LinkProfile:
+    """The access link a board profile describes (boards, the dispatcher, a GFS node)."""
+    return LinkProfile(latency=profile.latency, bandwidth=profile.bandwidth,
+                       jitter=profile.jitter, loss=profile.loss)
+
+
 class BoardClock:
     """The world clock as seen by one board: nothing runs while the board is down, and
     callbacks wait for a free core."""
@@ -194,9 +200,7 @@ class Board:
         self.world = world
         self.name = name
         self.profile = profile
-        self.link = world.network.add_link(name, LinkProfile(
-            latency=profile.latency, bandwidth=profile.bandwidth, jitter=profile.jitter,
-            loss=profile.loss))
+        self.link = world.network.add_link(name, link_profile(profile))
         self.cores = [0.0] * profile.cores  # when each core is free
         self.epoch = 0  # bumped on crash: callbacks from before a crash never run
         self.up = False
@@ -331,10 +335,7 @@ class World:
 
     def add_dispatcher(self, name: str = "dispatcher", profile: str = "desktop-vm",
                        **config: Any) -> Dispatcher:
-        prof = get_profile(profile)
-        link = self.network.add_link(name, LinkProfile(latency=prof.latency,
-                                                       bandwidth=prof.bandwidth,
-                                                       jitter=prof.jitter, loss=prof.loss))
+        link = self.network.add_link(name, link_profile(get_profile(profile)))
         self.dispatcher = Dispatcher(self.network.client(name, link), self.clock,
                                      {"id": name, **config}, new_id=self.id_source(name))
         self.dispatcher.start()
