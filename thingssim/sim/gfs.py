@@ -52,7 +52,13 @@ __all__ = ["GFS_COLUMNS", "STORAGE_PROFILES", "GfsNode", "StorageCost"]
 #: operations that change the store: each is one durable transaction (an fsync)
 DURABLE = CHANGES | {"stage", "discard"}
 
-#: columns of :meth:`GfsNode.frame` (a scenario's ``gfs.csv``)
+#: columns of :meth:`GfsNode.frame` (a scenario's ``gfs.csv``), one row per request: when
+#: it arrived, the node, the client (a program instance), the operation, its path as the
+#: client named it (``src -> dst`` for a rename), the bytes it moved, its ``outcome``
+#: (``ok``; an error code such as ``ENOENT``; ``duplicate``: a retry answered from the
+#: remembered result; ``lost``: the node crashed before the reply left; ``ignored``: stale
+#: or malformed; ``no_reply``; ``exception``), the storage seconds charged, and when the
+#: reply left (after the requests queued before it)
 GFS_COLUMNS = ("time", "service", "client", "op", "path", "bytes", "outcome", "service_s",
                "reply_at")
 
@@ -370,6 +376,9 @@ class GfsNode:
         self._row = row
         try:
             handler(message)
+        except Exception:
+            row[_OUTCOME] = "exception"  # the service failed: the trace has a handler_error
+            raise
         finally:
             self._row = None
         if service.duplicates != self._duplicates:
