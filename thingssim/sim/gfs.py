@@ -87,20 +87,20 @@ class StorageCost:
     a 1 MiB one (warm: the OS page cache holds them) give ``read_latency`` and
     ``read_per_byte``.  Each default is the median of the eight runs.  The fsync
     dominates and depends on the disk's load: on this shared machine ``commit_latency``
-    ranged from 0.23 to 0.80 ms, ``write_per_byte`` from 3.3 to 4.7 ns, the reads by
-    about 15 %.
+    ranged from 0.23 to 0.80 ms, ``write_per_byte`` from 3.3 to 4.7 ns, ``read_latency``
+    from 10.1 to 10.7 us and ``read_per_byte`` from 0.67 to 0.88 ns.
 
     :data:`STORAGE_PROFILES` ``["sd-card"]`` is a microSD card in a Raspberry Pi (see
     there).
     """
 
-    commit_latency: float = 0.31e-3
+    commit_latency: float = 0.32e-3
     """Seconds per durable change: SQLite's commit with its fsync."""
     read_latency: float = 10.4e-6
     """Seconds per read-type request (a lookup and, for reads, the first chunk)."""
     write_per_byte: float = 4.1e-9
     """Seconds per byte written beyond the commit (about 240 MB/s)."""
-    read_per_byte: float = 0.75e-9
+    read_per_byte: float = 0.74e-9
     """Seconds per byte read beyond the lookup (about 1.3 GB/s, from the page cache)."""
 
     def __post_init__(self) -> None:
