@@ -593,6 +593,248 @@ def shell(url: str, username: str | None, password: str | None) -> None:
     console.cmdloop()
 
 
+# ---------------------------------------------------------------- the global file system
+_TLS = [click.option("--ca-certs", type=click.Path(dir_okay=False), default=None,
+                     help="CA certificates (PEM) to check the broker with (mqtts://)."),
+        click.option("--certfile", type=click.Path(dir_okay=False), default=None,
+                     help="Client certificate (PEM)."),
+        click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
+                     help="The client certificate's key (PEM, unencrypted)."),
+        click.option("--tls-insecure", is_flag=True,
+                     help="Do not check the broker certificate's host name.")]
+
+
+def _tls(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_TLS):
+        fn = option(fn)
+    return fn
+
+
+def _tls_dict(ca_certs: str | None, certfile: str | None, keyfile: str | None,
+              tls_insecure: bool) -> dict | None:
+    from runtime.gfs.server import tls_options
+
+    return tls_options(ca_certs, certfile, keyfile, tls_insecure)
+
+
+def _grants(ctx: Any, param: Any, value: tuple[str, ...]) -> list[str]:
+    from runtime.gfs.paths import Grant
+
+    for spec in value:
+        try:
+            Grant.parse(spec)
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(f"{spec}: {exc}", ctx, param) from None
+    return list(value)
+
+
+def _name(ctx: Any, param: Any, value: str | None) -> str | None:
+    from runtime import protocol
+
+    try:
+        return None if value is None else protocol.check_name(param.opts[0], value)
+    except protocol.ProtocolError as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
+
+
+@main.command()
+@click.option("--broker", "url", required=True, callback=_broker_url, metavar="URL",
+              help="mqtt://host:1883 or mqtts://host:8883.")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="The SQLite file (created if missing).")
+@click.option("--postgres", metavar="DSN", default=None,
+              help="A PostgreSQL database instead (e.g. postgresql://gfs@db/gfs).")
+@click.option("--id", "service_id", default="gfs", show_default=True, callback=_name,
+              help="Service id: requests arrive on <id>/cmd.")
+@click.option("--grant", "grants", multiple=True, callback=_grants,
+              metavar="PROGRAMS:TARGET[:MOUNT][:MODE]",
+              help="Show programs matching a glob a folder (repeatable), e.g. "
+                   "'riot-*:/shared/models:r'.")
+@click.option("--keepalive", type=FiniteFloat(min=0, min_open=True), default=10.0,
+              show_default=True, help="MQTT keepalive (s).")
+@_auth
+@_tls
+@click.option("-v", "--verbose", is_flag=True)
+def gfs(url: str, db: Path | None, postgres: str | None, service_id: str,
+        grants: list[str], keepalive: float, username: str | None, password: str | None,
+        ca_certs: str | None, certfile: str | None, keyfile: str | None,
+        tls_insecure: bool, verbose: bool) -> None:
+    """Run the global file system service on broker URL (SQLite, or PostgreSQL)."""
+    from runtime.gfs import server
+
+    if (db is None) == (postgres is None):
+        raise click.UsageError("give --db PATH (SQLite) or --postgres DSN, one of them")
+    config = server.ServerConfig(
+        broker=url, db=None if db is None else str(db), postgres=postgres, id=service_id,
+        grants=grants, username=username, password=password, keepalive=keepalive,
+        tls=_tls_dict(ca_certs, certfile, keyfile, tls_insecure))
+    sys.exit(server.run(config, verbose))
+
+
+_FS_OPTIONS = [
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    click.option("--as", "as_program", default=None, metavar="PROGRAM", callback=_name,
+                 help="Act in that program's view: its namespace and granted folders."),
+    click.option("--service", default=None, metavar="ID", callback=_name,
+                 help="The GFS service's id (default gfs)."),
+    click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=None,
+                 help="Seconds to wait for each reply (default 30; one resend).")]
+
+
+def _fs_options(fn):  # type: ignore[no-untyped-def]
+    """Accepted by the group (before URL) and by each subcommand (after it)."""
+    for option in reversed(_FS_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.group("fs", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("url", callback=_broker_url)
+@_fs_options
+@_auth
+@_tls
+@click.pass_context
+def fs_group(ctx: click.Context, url: str, username: str | None, password: str | None,
+             ca_certs: str | None, certfile: str | None, keyfile: str | None,
+             tls_insecure: bool, **options: Any) -> None:
+    """Files of the global file system on broker URL.  --json, --as, --service and
+    --timeout go before URL or after the command; -u/-p and TLS options before URL.
+
+    \b
+    ls [PATH] [-l], cat PATH, put LOCAL REMOTE [-a], get REMOTE LOCAL (- for stdout),
+    rm PATH... [-r], mkdir PATH... [-p], mv SRC DST, stat PATH.
+    """
+    ctx.obj = {"url": url, "tls": _tls_dict(ca_certs, certfile, keyfile, tls_insecure),
+               "username": username, "password": password, **options}
+
+
+def _fs_call(ctx: click.Context, options: dict, action: Any,
+             errors: list | None = None) -> None:
+    """Run ``action(client) -> Outcome`` and print it; errors in one line, exit 1."""
+    import json
+
+    from . import fs
+
+    given = {k: v if v not in (None, False) else ctx.obj.get(k) for k, v in options.items()}
+    settings = fs.Options(url=ctx.obj["url"], service=given["service"] or "gfs",
+                          as_program=given["as_program"], username=ctx.obj["username"],
+                          password=ctx.obj["password"], tls=ctx.obj["tls"],
+                          timeout=given["timeout"] or 30.0)
+    errors = [] if errors is None else errors
+    try:
+        outcome = fs.run(settings, lambda client: action(client, bool(given["as_json"])))
+    except fs.USER_ERRORS as exc:
+        errors.append(exc)
+        outcome = None
+    if outcome is not None and given["as_json"] and outcome.value is not None:
+        click.echo(json.dumps(outcome.value, indent=2))
+    elif outcome is not None and outcome.text:
+        click.echo(outcome.text)
+    for exc in errors:
+        click.echo(f"thingssim fs: {fs.describe(exc, settings)}", err=True)
+    if errors:
+        ctx.exit(1)
+
+
+@fs_group.command("ls")
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Kind, size, modification time.")
+@_fs_options
+@click.pass_context
+def fs_ls(ctx: click.Context, path: str, long: bool, **options: Any) -> None:
+    """List a directory (or show a file)."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, _: fs.ls(c, path, long))
+
+
+@fs_group.command("cat")
+@click.argument("path")
+@_fs_options
+@click.pass_context
+def fs_cat(ctx: click.Context, path: str, **options: Any) -> None:
+    """Print a file's bytes."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, as_json: fs.cat(c, path, as_json))
+
+
+@fs_group.command("put")
+@click.argument("local")
+@click.argument("remote")
+@click.option("-a", "--append", is_flag=True, help="Append to the file (one atomic record).")
+@_fs_options
+@click.pass_context
+def fs_put(ctx: click.Context, local: str, remote: str, append: bool, **options: Any) -> None:
+    """Copy a local file (- for stdin) to the GFS as one atomic write, in pieces."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, _: fs.put(c, local, remote, "a" if append else "w"))
+
+
+@fs_group.command("get")
+@click.argument("remote")
+@click.argument("local")
+@_fs_options
+@click.pass_context
+def fs_get(ctx: click.Context, remote: str, local: str, **options: Any) -> None:
+    """Copy a GFS file to a local file (- for stdout)."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, _: fs.get(c, remote, local))
+
+
+@fs_group.command("rm")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("-r", "recursive", is_flag=True, help="Directories too, with their content.")
+@_fs_options
+@click.pass_context
+def fs_rm(ctx: click.Context, paths: tuple[str, ...], recursive: bool,
+          **options: Any) -> None:
+    """Remove files (and directories with -r)."""
+    from . import fs
+
+    errors: list = []
+    _fs_call(ctx, options, lambda c, _: fs.rm(c, paths, recursive, errors), errors)
+
+
+@fs_group.command("mkdir")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("-p", "parents", is_flag=True, help="Make parents; no error if it exists.")
+@_fs_options
+@click.pass_context
+def fs_mkdir(ctx: click.Context, paths: tuple[str, ...], parents: bool,
+             **options: Any) -> None:
+    """Make directories."""
+    from . import fs
+
+    errors: list = []
+    _fs_call(ctx, options, lambda c, _: fs.mkdir(c, paths, parents, errors), errors)
+
+
+@fs_group.command("mv")
+@click.argument("src")
+@click.argument("dst")
+@_fs_options
+@click.pass_context
+def fs_mv(ctx: click.Context, src: str, dst: str, **options: Any) -> None:
+    """Rename SRC to DST atomically (os.rename's rules: DST is the new name)."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, _: fs.mv(c, src, dst))
+
+
+@fs_group.command("stat")
+@click.argument("path")
+@_fs_options
+@click.pass_context
+def fs_stat(ctx: click.Context, path: str, **options: Any) -> None:
+    """Kind, size, modification time and version of a path."""
+    from . import fs
+
+    _fs_call(ctx, options, lambda c, _: fs.stat(c, path))
+
+
 def _register_plugins() -> None:
     """Commands that live next to what they drive."""
     from .broker import broker_command
