@@ -418,9 +418,10 @@ class GfsClient:
     def fail_pending(self, reason: str) -> None:
         """Fail every request waiting for an answer or its turn with
         ``RemoteError("internal", reason)`` (e.g. the service is known to be down)."""
+        changes, self._changes = self._changes, deque()  # so that none starts now
         self._requester.close(reason)
-        while self._changes:
-            settle(self._changes.popleft()[2], error=RemoteError(p.INTERNAL, reason))
+        for _, _, out, _ in changes:
+            settle(out, error=RemoteError(p.INTERNAL, reason))
 
     def close(self, reason: str = "GFS client closed") -> None:
         """Fail whatever is pending; disconnect the transport if :func:`connect` made it."""
