@@ -246,21 +246,38 @@ def test_drive_continues_done_futures_in_a_loop() -> None:
 
 # ================================================================ on a real broker
 class Service:
-    """``python -m runtime.gfs.server`` on one SQLite file, started and killed at will."""
+    """``python -m runtime.gfs.server`` on one SQLite file (or ``thingssim gfs`` with
+    ``cli``; ``storage``: other storage options), started and killed at will."""
 
-    def __init__(self, url: str, db: Path, log: Path, service_id: str = "gfs") -> None:
+    def __init__(self, url: str, db: Path, log: Path, service_id: str = "gfs", *,
+                 cli: bool = False, storage: Optional[list[str]] = None) -> None:
         self.url, self.db, self.log, self.id = url, db, log, service_id
         self.proc: Optional[subprocess.Popen] = None
         self.lives = 0
+        self.program = ["thingssim.cli", "gfs"] if cli else ["runtime.gfs.server"]
+        self.storage = storage or ["--db", str(db)]
 
     def start(self) -> None:
         self.lives += 1
         with open(self.log, "a") as log:
             log.write(f"--- life {self.lives}\n")
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.gfs.server", "--broker", self.url, "--db",
-                 str(self.db), "--id", self.id, "--keepalive", "2"], stdout=log,
+                [sys.executable, "-m", *self.program, "--broker", self.url, *self.storage,
+                 "--id", self.id, "--keepalive", "2"], stdout=log,
                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def start_and_wait(self) -> None:
+        """Start, and return once its state on the broker says this life is up."""
+        self.start()
+
+        async def main() -> None:
+            client = await connect(self.url, service_id=self.id)
+            try:
+                await wait_up(client, self)
+            finally:
+                client.close()
+
+        asyncio.run(main())
 
     def kill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()

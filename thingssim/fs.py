@@ -63,9 +63,11 @@ async def open_client(options: Options) -> GfsClient:
 
     def on_state(message: Message) -> None:
         state = parse_state(message.payload)
-        if state is not None and state["status"] in ("dead", "stopped"):
-            client.fail_pending(f"the GFS service {options.service!r} is not running (its state "
-                         f"on the broker: {state['status']})")
+        if state is None:
+            return
+        client.set_unavailable(
+            None if state["status"] == "up" else f"the GFS service {options.service!r} is "
+            f"not running (its state on the broker: {state['status']})")
 
     client.transport.subscribe(state_topic(options.service), on_state, qos=1)
     return client
@@ -185,8 +187,7 @@ async def get(client: GfsClient, remote: str, local: str) -> Outcome:
     """Copy a GFS file to a local file (``-``: stdout; a folder: the same name in it).
     The local file appears whole: it is written beside and renamed."""
     if local == "-":
-        outcome = await cat(client, remote, False)
-        return Outcome({"path": normalize(remote), "local": "-"}, outcome.text)
+        return await cat(client, remote, False)  # stdout holds the bytes, nothing else
     target = Path(local)
     if target.is_dir():
         target = target / (normalize(remote).rpartition("/")[2] or "root")
@@ -260,5 +261,9 @@ async def mkdir(client: GfsClient, paths: tuple[str, ...], parents: bool,
 async def mv(client: GfsClient, src: str, dst: str) -> Outcome:
     """``os.rename``: DST is the new name (a file replaces a file, a folder only an
     empty folder); nothing is moved *into* an existing folder."""
-    entry = await client.rename(src, dst)
+    views = normalize(src), normalize(dst)
+    try:
+        entry = await client.rename(*views)
+    except OSError as exc:  # name both: the service's error names only the source
+        raise OSError(exc.errno, exc.strerror, views[0], None, views[1]) from None
     return Outcome(entry.to_dict(), None)

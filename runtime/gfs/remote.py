@@ -176,6 +176,8 @@ class GfsClient:
                                      new_id=self._new_id, timeout=self.timeout)
         self._changes: deque[tuple[str, dict, Any, Optional[Callable]]] = deque()
         self._owns_transport = False
+        #: why requests fail at once (the service is known to be down), or None
+        self.unavailable: Optional[str] = None
 
     # ================================================================ one request each
     def request(self, ctrl: str, kwargs: Optional[dict] = None,
@@ -187,6 +189,9 @@ class GfsClient:
             kwargs["as"] = self.as_program
         kwargs["client"] = self.client_id  # uploads belong to it (stage/commit/discard)
         out = self.clock.create_future()
+        if self.unavailable is not None:
+            out.set_exception(RemoteError(p.INTERNAL, self.unavailable))
+            return out
         if ctrl in CHANGES:
             self._changes.append((ctrl, kwargs, out, convert))
             if len(self._changes) == 1:
@@ -422,6 +427,13 @@ class GfsClient:
         self._requester.close(reason)
         for _, _, out, _ in changes:
             settle(out, error=RemoteError(p.INTERNAL, reason))
+
+    def set_unavailable(self, reason: Optional[str]) -> None:
+        """With a reason (e.g. the service's state says it stopped): fail what is pending
+        and every new request at once, instead of after its timeout; None: send again."""
+        self.unavailable = reason
+        if reason is not None:
+            self.fail_pending(reason)
 
     def close(self, reason: str = "GFS client closed") -> None:
         """Fail whatever is pending; disconnect the transport if :func:`connect` made it."""
