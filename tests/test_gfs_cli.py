@@ -219,11 +219,23 @@ def test_as_a_program_and_another_service(service, broker, tmp_path) -> None:
     other.start_and_wait()  # the same database: what it had is there
     assert ok(fs(service, "ls", "--service", "other")).split() == [
         "apps", "codes", "programs", "shared", "x"]
+    assert other.stop() == 0
+
+
+@mqtt_fixtures.needs_mosquitto("amqtt publishes a killed client's retained will but does "
+                               "not keep it retained")
+def test_a_killed_service_is_reported_at_once_from_its_will(service, broker, tmp_path) -> None:
+    other = Service(broker.url, tmp_path / "killed.db", tmp_path / "killed.log", "killed",
+                    cli=True)
+    other.start_and_wait()
     other.proc.send_signal(signal.SIGKILL)  # the will: dead
     other.proc.wait(10)
-    wait_for_state(broker.url, "other", "dead")
-    assert error_line(fs(service, "ls", "--service", "other")).endswith("(its state on "
-                                                                        "the broker: dead)")
+    wait_for_state(broker.url, "killed", "dead")
+    started = time.monotonic()
+    assert error_line(fs(service, "ls", "--service", "killed")) == (
+        "thingssim fs: the GFS service 'killed' is not running (its state on the broker: "
+        "dead)")
+    assert time.monotonic() - started < 10
 
 
 def test_real_processes_pipes_and_exit_codes(service, tmp_path) -> None:
