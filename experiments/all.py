@@ -98,6 +98,10 @@ EXPERIMENTS = [
                "--out results/real_migration.csv",
                measured=("real_migration.csv", "real_migration.png"),
                needs="Mosquitto or amqtt"),
+    Experiment("gfs_throughput",
+               "python experiments/gfs_throughput.py --seed 1 --out results",
+               measured=("gfs_throughput.csv", "gfs_throughput.png"),
+               needs="Mosquitto or amqtt"),
 ]
 
 
