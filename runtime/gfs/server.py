@@ -171,13 +171,21 @@ async def serve(config: ServerConfig, stop: Optional[asyncio.Event] = None,
     up = p.encode({"id": config.id, "status": "up", "storage": config.describe_storage(),
                    "pid": os.getpid()})
 
+    flaps = [0, 0.0]  # connections lost within seconds of being made, when it was made
+
     def on_connection(connected: bool) -> None:
         if connected:
+            flaps[1] = time.monotonic()
             transport.publish(topic, up, qos=1, retain=True)
             log.info("gfs %s serving %s on %s", config.id, config.describe_storage(),
                      transport.url)
-        else:
-            log.warning("gfs %s lost the broker; reconnecting", config.id)
+            return
+        log.warning("gfs %s lost the broker; reconnecting", config.id)
+        flaps[0] = flaps[0] + 1 if time.monotonic() - flaps[1] < 2.0 else 0
+        if flaps[0] == 3:  # the broker hands the client id to whoever connects last
+            log.error("gfs %s keeps losing the broker right after connecting: is another "
+                      "service with --id %s on this broker? (each takes the connection "
+                      "from the other)", config.id, config.id)
 
     def sweep() -> None:
         dropped = storage.discard_uploads_before(clock.now() - service.upload_ttl)
