@@ -244,6 +244,27 @@ def test_drive_continues_done_futures_in_a_loop() -> None:
     assert out.result() == sum(range(20_000))
 
 
+def test_in_the_simulated_world_with_simpy_futures() -> None:
+    """The same client on the simulated network: whole files go through SimPy events."""
+    from thingssim.sim.boards import get_profile
+    from thingssim.sim.world import World, link_profile
+
+    world = World(seed=1)
+    world.add_gfs()
+    transport = world.network.client("admin", world.network.add_link(
+        "admin", link_profile(get_profile("desktop-vm"))))
+    transport.connect()
+    client = GfsClient(transport, world.clock)
+    world.run(1.0)
+    data = bytes(range(256)) * 10_000  # 2.5 MB: staged in pieces, read in pieces
+    started = world.env.now
+    assert world.wait(client.write_file("/codes/x.bin", data)).size == len(data)
+    assert world.wait(client.read_file("/codes/x.bin")) == data
+    assert world.env.now > started  # the transfers took simulated time
+    with pytest.raises(FileNotFoundError):
+        world.wait(client.read_file("/codes/none"))
+
+
 # ================================================================ on a real broker
 class Service:
     """``python -m runtime.gfs.server`` on one SQLite file (or ``thingssim gfs`` with
