@@ -582,3 +582,42 @@ def test_a_program_cannot_bypass_its_view_by_publishing(lab: Lab) -> None:
     """)
     lab.run(0.5)
     assert lab.console[iid] == ["refused"]
+
+
+def test_rename_errors_name_both_paths(lab: Lab) -> None:
+    iid = lab.start("""
+        things.fs.mkdir("full")
+        things.fs.write_file("full/x", "1")
+        things.fs.write_file("f", "1")
+        things.fs.rename("f", "full", lambda err, _: print(type(err).__name__, err.filename,
+                                                          err.filename2))
+    """)
+    lab.run(0.5)
+    assert lab.console[iid] == ["IsADirectoryError /f /full"]
+
+
+def test_a_failing_database_is_reported_and_the_service_goes_on(lab: Lab) -> None:
+    import sqlite3
+
+    real_write = lab.storage.write
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_write(*args, **kwargs)
+
+    lab.storage.write = flaky
+    iid = lab.start("""
+        def second(err, _):
+            print("second", err)
+        def first(err, _):
+            print("first", type(err).__name__, err)
+            things.fs.append_file("log", "b", second)
+        things.fs.append_file("log", "a", first)
+    """)
+    lab.run(0.5)
+    assert lab.console[iid] == ["first OSError [Errno 5] internal: OperationalError: "
+                                "database or disk is full", "second None"]
+    assert lab.file("/programs/prog/log") == b"b"

@@ -153,11 +153,16 @@ class Namespaces:
 
 
 # ---------------------------------------------------------------- errors on the wire
-def error_to_wire(exc: OSError, view_path: str | None = None) -> dict[str, Any]:
-    """``{code, message, path}``: the errno's name, its text, the path as the client named it."""
+def error_to_wire(exc: OSError, view_path: str | None = None,
+                  view_path2: str | None = None) -> dict[str, Any]:
+    """``{code, message, path[, path2]}``: the errno's name, its text, the path(s) as the
+    client named them (``path2``: a rename's destination, as ``OSError.filename2``)."""
     code = errno.errorcode.get(exc.errno or 0, "EIO") if exc.errno else "EIO"
-    return {"code": code, "message": exc.strerror or str(exc),
+    wire = {"code": code, "message": exc.strerror or str(exc),
             "path": view_path if view_path is not None else exc.filename}
+    if view_path2 is not None:
+        wire["path2"] = view_path2
+    return wire
 
 
 def error_from_wire(error: dict[str, Any]) -> OSError:
@@ -167,4 +172,7 @@ def error_from_wire(error: dict[str, Any]) -> OSError:
     path = error.get("path")
     if not isinstance(code, int):
         return OSError(errno.EIO, f"{error.get('code')}: {message}", path)
+    path2 = error.get("path2")
+    if path2 is not None:
+        return OSError(code, message, path, None, path2)
     return OSError(code, message, path)

@@ -19,6 +19,8 @@ Why it can promise what it promises:
   (:mod:`runtime.gfs.paths`).  The service trusts the ``as`` an engine asserts: engines
   run the programs and are authenticated by the broker; the broker ACL decides who may
   publish on the command topic at all.
+- **One change in flight per client.** Only the last change's answer is kept per client,
+  so a request numbered below it is a stale duplicate and gets no reply at all.
 - **A cost model** (``cost(op, bytes) -> seconds``) delays each reply by the time the
   storage would have taken, in FIFO order; the simulator passes one, real services none.
 """
@@ -133,9 +135,16 @@ class GfsService:
         except p.ProtocolError as exc:
             answer = {"error": {"code": exc.code, "message": exc.message}}
         except OSError as exc:
-            answer = {"error": error_to_wire(exc, getattr(exc, "view_path", None))}
+            answer = {"error": error_to_wire(exc, getattr(exc, "view_path", None),
+                                             getattr(exc, "view_path2", None))}
         except (TypeError, ValueError) as exc:
             answer = {"error": {"code": p.BAD_REQUEST, "message": str(exc)}}
+        except Exception as exc:  # the database failed (disk full, locked, gone): say so
+            log.exception("%s: %s failed", self.id, request.ctrl)
+            answer = {"error": {"code": p.INTERNAL, "message": f"{type(exc).__name__}: {exc}"}}
+            self.errors += 1
+            self._answer(request, answer, request.ctrl, 0)  # not remembered: a retry retries
+            return
         if "error" in answer:
             self.errors += 1
             if numbered and request.ctrl in CHANGES:  # a retry gets the same error
@@ -169,6 +178,8 @@ class GfsService:
             body = p.error_reply(request.request_id, answer["error"]["code"],
                                  answer["error"]["message"])
             body["error"]["path"] = answer["error"].get("path")
+            if "path2" in answer["error"]:
+                body["error"]["path2"] = answer["error"]["path2"]
         else:
             body = p.reply(request.request_id, answer["result"])
         data = p.encode(body)
@@ -335,8 +346,12 @@ class GfsService:
     def _op_rename(self, kwargs: dict, program: Optional[str]) -> tuple[Any, int]:
         src = self._path(kwargs, program, "src", write=True)
         dst = self._path(kwargs, program, "dst", write=True)
-        entry = self._storage(src, lambda: self.storage.rename(
-            src.path, dst.path, self.clock.now(), request=self._current))
+        try:
+            entry = self.storage.rename(src.path, dst.path, self.clock.now(),
+                                        request=self._current)
+        except OSError as exc:  # os.rename's errors name both paths
+            exc.view_path, exc.view_path2 = src.view, dst.view  # type: ignore[attr-defined]
+            raise
         return self._entry(entry, dst), 0
 
     # ---------------------------------------------------------------- ThingsJS's REST-ish
