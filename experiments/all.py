@@ -75,6 +75,9 @@ EXPERIMENTS = [
                "thingssim sim experiments/scenarios/sensor_pipeline.toml "
                "--out results/sensor_pipeline",
                deterministic=tuple(f"sensor_pipeline/{f}" for f in _SCENARIO_CSVS)),
+    Experiment("gfs_logger",
+               "thingssim sim experiments/scenarios/gfs_logger.toml --out results/gfs_logger",
+               deterministic=tuple(f"gfs_logger/{f}" for f in (*_SCENARIO_CSVS, "gfs.csv"))),
     Experiment("migration_hops",
                "python experiments/migration_hops.py --seed 1 --hops 10 --out results",
                deterministic=("migration_hops.csv",),
@@ -100,7 +103,7 @@ EXPERIMENTS = [
                needs="Mosquitto or amqtt"),
     Experiment("gfs_throughput",
                "python experiments/gfs_throughput.py --seed 1 --out results",
-               measured=("gfs_throughput.csv", "gfs_throughput.png"),
+               measured=("gfs_throughput.csv", "gfs_throughput.png", "gfs_cost_model.csv"),
                needs="Mosquitto or amqtt"),
 ]
 
