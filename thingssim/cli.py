@@ -425,7 +425,7 @@ def _sweep(scenario_files: tuple[Path, ...], seeds: list[int] | None, jobs: int,
         outcomes[i] = outcome
         path, _, n, folder = runs[i]
         if outcome[1] is not None:
-            for name in CSV_NAMES:  # no CSVs, not even stale ones: a folder with CSVs
+            for name in (*CSV_NAMES, "gfs"):  # no CSVs, not even stale ones: a folder with CSVs
                 try:  # is a run that worked
                     (folder / f"{name}.csv").unlink()
                 except (FileNotFoundError, IsADirectoryError, PermissionError):
