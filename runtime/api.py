@@ -79,6 +79,13 @@ class Things:
         host = self._host
         return host._time if host._in_callback else host.program_time()
 
+    def time(self) -> float:
+        """Wall-clock time (seconds since the epoch) of the machine the program runs on
+        now; the world's time in a simulation.  Unlike ``now()``, it does not stop while
+        the program is paused or moving, and programs on different boards can compare it:
+        what a source stamps and a sink subtracts to measure latency."""
+        return self._host._clock.wall()
+
     def exit(self, code: int = 0) -> None:
         """End the program after this callback."""
         raise ProgramExit(code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from typing import Any, Callable, Protocol
 
 
@@ -23,6 +24,11 @@ class Clock(Protocol):
 
     def now(self) -> float:
         """Current time in seconds (any epoch; only differences matter)."""
+
+    def wall(self) -> float:
+        """The time a clock on the wall shows, in seconds since the Unix epoch: the same on
+        every machine of a deployment (NTP), so programs on different boards can compare
+        stamps.  A simulated clock answers with its own ``now()``: one shared world."""
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> TimerHandle:
         """Run ``callback()`` once at time ``when`` (or as soon as possible after it)."""
@@ -63,6 +69,9 @@ class VirtualClock:
         self._seq = itertools.count()
 
     def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
         return self._now
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> _Entry:
@@ -124,6 +133,9 @@ class AsyncioClock:
 
     def now(self) -> float:
         return self._loop.time()
+
+    def wall(self) -> float:
+        return time.time()
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> Any:
         return self._loop.call_at(when, callback)

@@ -345,6 +345,9 @@ class PausableClock:
     def now(self) -> float:
         return self.inner.now()
 
+    def wall(self) -> float:
+        return self.inner.wall()
+
     def call_at(self, when: float, callback: Callable[[], Any]) -> Any:
         handle = _Handle()
 

@@ -203,3 +203,19 @@ def test_status_hook_sees_every_transition():
     host.resume()
     clock.run()
     assert seen == ["Running", "Paused", "Running", "Exited"]
+
+
+def test_wall_time_keeps_running_while_the_program_clock_stands_still():
+    """``things.time()`` is the host clock's wall time (the world's time when simulated);
+    ``things.now()`` stops while the program is paused."""
+    run = Run("""
+        def tick():
+            print(round(things.now(), 3), round(things.time(), 3))
+        things.set_interval(tick, 1.0)
+    """)
+    run.run(1.5)
+    run.host.pause()
+    run.clock.run(until=11.5)
+    run.host.resume()
+    run.run(12.6)
+    assert run.output.splitlines() == ["1.0 1.0", "2.0 12.0"]  # paused 10 s

@@ -236,6 +236,9 @@ class SimPyClock:
     def now(self) -> float:
         return self.env._time
 
+    def wall(self) -> float:
+        return self.env._time
+
     def call_at(self, when: float, callback: Callable[[], Any]) -> _Call:
         return self._call_at(float(when), callback)
 

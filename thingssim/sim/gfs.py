@@ -216,6 +216,9 @@ class _NodeClock:
     def now(self) -> float:
         return self._env.now
 
+    def wall(self) -> float:
+        return self._env.now
+
     def call_at(self, when: float, callback: Callable[[], Any]) -> _NodeCall:
         call = _NodeCall(self._node, callback)
         self._env.call_at(float(when), _fire, call)

@@ -70,6 +70,9 @@ class BoardClock:
     def now(self) -> float:
         return self._env._time
 
+    def wall(self) -> float:
+        return self._env._time
+
     def call_at(self, when: float, callback: Callable[[], Any]) -> _BoardCall:
         call = _BoardCall(self.board, callback)
         self._env.call_at(float(when), _fire, call)
