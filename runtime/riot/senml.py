@@ -181,9 +181,7 @@ class Schema:
             raise ValueError(
                 f"{path}: {len(names)} names, {len(units)} units and {len(kinds)} kinds"
             )
-        return cls(
-            tuple(Field(n.strip(), u, k.strip()) for n, u, k in zip(names, units, kinds))
-        )
+        return cls(tuple(Field(n.strip(), u, k.strip()) for n, u, k in zip(names, units, kinds)))
 
     @classmethod
     def infer(cls, lines: Iterable[str]) -> Schema:
@@ -205,7 +203,7 @@ class Schema:
             count += 1
             text = line.strip()
             parse_line(text)  # validates the line with the same messages
-            record = json.loads(text[text.find("{"):])
+            record = json.loads(text[text.find("{") :])
             string_bt = string_bt or isinstance(record.get("bt"), str)
             for entry in record["e"]:
                 name = entry.get("n", record.get("bn"))
@@ -262,8 +260,9 @@ def to_senml(fields: dict[str, Any], schema: Schema, timestamp: int) -> dict[str
         if col.kind == "v":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 value = _number_or_error(value, col.name)
-            entries.append({"v": _number_text(float(value), col.decimals), "u": col.unit,
-                            "n": col.name})
+            entries.append(
+                {"v": _number_text(float(value), col.decimals), "u": col.unit, "n": col.name}
+            )
         else:
             entries.append({"u": col.unit, "n": col.name, "sv": str(value)})
     return {"e": entries, "bt": str(timestamp) if schema.string_bt else int(timestamp)}

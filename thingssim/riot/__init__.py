@@ -1,0 +1,1 @@
+"""RIoTBench on thingssim: its datasets, dataflows and measurements."""
