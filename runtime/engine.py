@@ -56,6 +56,8 @@ class _Outgoing:
     sent_at: float = 0.0
     acked_at: float = 0.0
     ctrls: dict[int, str] = field(default_factory=dict)
+    #: messages for the paused copy since its snapshot: they travel with the commit
+    late: list = field(default_factory=list)
 
 
 class CodeEngine:
@@ -112,6 +114,9 @@ class CodeEngine:
         self._in_progress: set[str] = set()
         self._outgoing: dict[str, _Outgoing] = {}  # migration id -> source side
         self._busy: dict[str, str] = {}  # instance id -> migration id (source side)
+        #: messages for a prepared copy, held back until its commit (target side)
+        self._early: dict[str, list] = {}
+        self._late_in: dict[str, list] = {}  # migration id -> late messages of its commit
         self._incoming: dict[str, m.TargetMigration] = {}  # migration id -> prepared copy
         self._prepared: dict[str, str] = {}  # instance id -> migration id (target side)
         self._incoming_from: dict[str, str] = {}  # migration id -> the source engine
@@ -575,8 +580,26 @@ class CodeEngine:
 
     def _route(self, topic_filter: str, message: Message) -> None:
         for host in list(self.programs.values()):
+            iid = host.instance_id
+            if iid in self._prepared or iid in self._busy:
+                if topic_filter not in host.filters:
+                    continue
+                carried = (message.topic, topic_filter, message.payload, message.retain)
+                if iid in self._prepared:  # held back until the commit (migration.splice)
+                    self._hold_for(self._early.setdefault(iid, []), carried, iid)
+                    continue
+                mig = self._outgoing.get(self._busy[iid])
+                if mig is not None:  # after the snapshot: goes with the commit
+                    self._hold_for(mig.late, carried, iid)
             host.deliver(message.topic, message.payload, via=topic_filter,
                          retained=message.retain)
+
+    def _hold_for(self, held: list, carried: tuple, iid: str) -> None:
+        held.append(carried)
+        if len(held) > m.MAX_CARRIED:
+            del held[0]
+            log.warning("%s: more than %d messages for %s while it migrates: the oldest "
+                        "is dropped", self.id, m.MAX_CARRIED, iid)
 
     # ---------------------------------------------------------------- engine commands
     def _cmd_report(self, kwargs: dict) -> dict:
@@ -721,8 +744,12 @@ class CodeEngine:
         if incoming is None:
             return m.decided_answer(mid, m.presume_abort(self.journal, mid))
         epoch = kwargs.get("epoch", incoming.epoch)
-        return self._target_apply(mid, incoming.commit(epoch, kwargs.get("resume", True)
-                                                       is not False))
+        self._late_in[mid] = m.carried_from_wire(kwargs.get("late"))
+        try:
+            return self._target_apply(mid, incoming.commit(epoch, kwargs.get("resume", True)
+                                                           is not False))
+        finally:
+            self._late_in.pop(mid, None)
 
     def _cmd_abort(self, kwargs: dict, source: str = "?") -> dict:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
@@ -744,12 +771,17 @@ class CodeEngine:
             elif isinstance(out, m.Activate):
                 host = self.programs[incoming.instance_id]
                 del self._prepared[host.instance_id]
+                early = self._early.pop(host.instance_id, [])
+                for topic, via, payload, retained in m.splice(self._late_in.get(mid, []),
+                                                              early):
+                    host.deliver(topic, payload, via=via, retained=retained)
                 self._own(host, out.epoch)
                 if out.resume:
                     host.resume()
                 self._program_report(host, "migrate_code")
             elif isinstance(out, m.Discard):
                 self._prepared.pop(incoming.instance_id, None)
+                self._early.pop(incoming.instance_id, None)
                 host = self.programs.get(incoming.instance_id)
                 if host is not None:
                     self._remove(host)
@@ -885,7 +917,10 @@ class CodeEngine:
         for out in outputs:
             if isinstance(out, m.Request):
                 mig.ctrls[out.token] = out.ctrl
-                self._requester.request(topic, out.ctrl, out.kwargs, out.timeout,
+                kwargs = out.kwargs
+                if out.ctrl == m.COMMIT and mig.late:
+                    kwargs = {**kwargs, "late": m.carried_to_wire(mig.late)}
+                self._requester.request(topic, out.ctrl, kwargs, out.timeout,
                                         peer=mig.target) \
                     .add_done_callback(lambda f, t=out.token: self._source_reply(mig, t, f))
             elif isinstance(out, m.Notify):

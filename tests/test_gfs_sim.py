@@ -315,7 +315,10 @@ def test_a_logging_program_migrates_ten_times_with_requests_in_flight(monkeypatc
     lines = sim.file("/programs/logger/logs/app.log").decode().split("\n")
     assert lines[-1] == ""
     assert [int(x) for x in lines[:-1]] == list(range(400))  # no gap, no duplicate
-    assert (sim.node.frame()["outcome"] == "duplicate").any()  # a resend after a move
+    # a reply in flight at a snapshot reaches the new copy with the commit (the late
+    # messages) or its own subscription; it resends only what is still unanswered when it
+    # resumes: at most once per move
+    assert (sim.node.frame()["outcome"] == "duplicate").sum() <= 10
 
 
 READER = """
