@@ -152,3 +152,53 @@ def test_the_same_program_gives_the_same_console_and_files_in_the_simulation(
     assert len(sim_console) == 11, sim_console
     assert real_console == sim_console
     assert tree(SqliteStorage(tmp_path / "gfs.db")) == tree(sim_service.storage)
+
+
+def test_files_work_under_the_shipped_acl(tmp_path):
+    """The deploy ACL lets a worker's programs reach the service and the service answer
+    them, with passwords on and anonymous clients refused (Mosquitto only)."""
+    from test_real_workers import Workers
+
+    from runtime.dispatcher import Dispatcher
+    from thingssim.broker import BrokerError, make_password_file, start_broker
+
+    mqtt_fixtures.require_mosquitto("the amqtt fallback has no password files or ACLs")
+    acl = Path(__file__).resolve().parent.parent / "runtime/deploy/mosquitto-thingssim.acl"
+    users = {"dispatcher": "d-secret", "w1": "w1-secret", "gfs": "g-secret"}
+    try:
+        handle = start_broker(config={"password_file": str(make_password_file(
+            tmp_path / "passwd", users)), "acl_file": str(acl), "allow_anonymous": False})
+    except BrokerError as exc:
+        import pytest
+
+        pytest.skip(str(exc))
+    workers = Workers(handle.url, tmp_path)
+    workers.start("w1", username="w1", password="w1-secret")
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        gfs = MqttTransport(handle.url, client_id="gfs", loop=loop, username="gfs",
+                            password="g-secret")
+        GfsService(gfs, AsyncioClock(loop), SqliteStorage(tmp_path / "gfs.db")).start()
+        gfs.connect()
+        d = Dispatcher(MqttTransport(handle.url, client_id="dispatcher", loop=loop,
+                                     username="dispatcher", password="d-secret"),
+                       AsyncioClock(loop), {"id": "tester"}).start()
+        await until(lambda: "w1" in d.engines and d.engines["w1"].status != "dead",
+                    what="w1 seen", timeout=20)
+        iid = (await d.run_code("w1", "tour", TOUR))["id"]
+        await until(lambda: d.programs[iid].status == "Exited", what="the tour to end",
+                    timeout=30)
+        await asyncio.sleep(0.2)
+        console = list(d.programs[iid].console)
+        d.kill()
+        gfs.disconnect()
+        return console
+
+    try:
+        console = asyncio.run(main())
+    finally:
+        workers.stop_all()
+        handle.stop()
+    assert console[-1] == "lines ['alpha', 'beta', 'gamma']"
+    assert len(console) == 11
