@@ -530,3 +530,24 @@ def test_connect_to_nothing_is_an_oserror() -> None:
 
     asyncio.run(main())
     assert command_topic("x") == "x/cmd"
+
+
+def test_a_100_mb_file_through_the_service_on_a_real_broker(broker, tmp_path) -> None:
+    """100 MB up and down through a service process, in 256 KiB pieces, byte for byte
+    (about 4 s here: the measurement is experiments/gfs_throughput.py)."""
+
+    service = Service(broker.url, tmp_path / "gfs.db", tmp_path / "service.log", "big")
+    data = random.Random(100).randbytes(100_000_000)
+
+    async def main() -> None:
+        service.start()
+        client = await connect(broker.url, service_id="big", timeout=60.0)
+        await wait_up(client, service)
+        entry = await client.write_file("/shared/big.bin", data)
+        assert entry.size == len(data)
+        back = await client.read_file("/shared/big.bin")
+        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+        client.close()
+        assert service.stop() == 0
+
+    asyncio.run(main())
