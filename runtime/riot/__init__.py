@@ -1,0 +1,1 @@
+"""RIoTBench's tasks as migratable building blocks (standard library only: runs on a board)."""
