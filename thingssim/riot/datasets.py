@@ -67,7 +67,7 @@ def schema_file(dataset: str, annotated: bool = False) -> Path:
     name = dataset_name(dataset)
     file = _SCHEMA_FILES[name][1 if annotated else 0]
     if file is None:
-        kind = "an annotated" if annotated else "a plain"
+        kind = "annotated" if annotated else "plain"
         raise ValueError(f"RIoTBench ships no {kind} schema file for {name}")
     return DATA_DIR / file
 
@@ -82,7 +82,10 @@ def metadata_path(dataset: str) -> Path:
 
 @functools.cache
 def load_metadata(dataset: str) -> dict[str, tuple[str, ...]]:
-    """The annotation map id -> values (TAXI: company, driver, city; SYS: location, type)."""
+    """The annotation map id -> values (TAXI: company, driver, city; SYS: location, type).
+
+    Cached and shared between callers: read it, do not change it.
+    """
     table: dict[str, tuple[str, ...]] = {}
     with open(metadata_path(dataset), encoding="utf-8") as f:
         for number, line in enumerate(f, 1):

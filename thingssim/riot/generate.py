@@ -15,14 +15,16 @@ recomputes them from the sample, and the tests check that it gives these constan
   its field's marginal inverse CDF, then rounded to the field's grid (the step every
   sample value is a multiple of: 60 s for TAXI trip times, $0.50 for fares).  So each
   field keeps its own distribution and the pairs keep their rank correlation (TAXI fare
-  vs. distance 0.9).
+  vs. distance: 0.87 in normal scores).  Normal scores are scaled to unit variance, since
+  ties (53% of SYS light readings are 0) shrink it and the latent must be standard.
 * Marginals, per field, whichever fits (two-sample KS p-values of 5,000 draws against the
   sample are in ``tests/test_riot_data.py``): ``lognormal`` (an atom at 0 of mass ``p0``,
   then ``exp(N(mu, sigma))`` in the field's unit, maximum-likelihood figures of the
-  positive values), ``quantiles`` (the sample's quantiles at 2% steps, interpolated
-  linearly: no parametric family fits the multi-city SYS readings or the metered fares
-  with their $52 JFK flat rate), or ``discrete`` (value -> probability, for fields with
-  a few values: surcharge, MTA tax, tolls, the FIT label).
+  positive values: TAXI trip distance), ``quantiles`` (the sample's quantiles at 2%
+  steps, interpolated linearly: TAXI trip time, whose whole minutes a lognormal fits
+  only at KS p 0.01-0.2, the fares with their $52 JFK flat rate, and the multi-city SYS
+  readings, which no single family fits), or ``discrete`` (value -> probability, for
+  fields with a few values: surcharge, MTA tax, tolls, the FIT label).
 * TAXI: trip time, distance, fare and tolls through the copula; tip by payment type
   (cash tips are never recorded: 0; a card tip is 0 with the sample's probability,
   otherwise the fare times a ratio drawn from the sample's card-tip ratios, rounded to
@@ -36,13 +38,17 @@ recomputes them from the sample, and the tests check that it gives these constan
 * SYS: each reading comes from one of the sample's 788 sensors (chosen as often as the
   sample has them) at its recorded coordinates; the copula's latent vector is
   ``beta * z_lat + w`` where ``z_lat`` is the normal score of the sensor's ``|latitude|``
-  (temperature falls from Singapore to Geneva) and ``w`` mixes a per-sensor part drawn
-  once per sensor with a per-reading part, in the proportion of the sample's
-  intra-sensor correlation (its 212 repeated sensors): the values are by sensor.
+  (temperature falls from Singapore to Geneva) and ``w`` mixes a per-sensor part with a
+  per-reading part, in the proportion of the sample's intra-sensor correlation (its 212
+  repeated readings: about 1 for all but dust, 0.91): the values are by sensor.  The
+  per-sensor part drifts from block to block (``SENSOR_BLOCK_CORR``), an assumption:
+  the one-minute sample shows none.
 * FIT: the sample holds only 3 distinct readings (40 ms of subject8 at rest, label 0), so
   no family can be fitted: rows walk a sticky Markov chain over the 3 recorded readings
-  (a posture held for a while) and each channel gets a smooth AR(1) jitter of a tenth
-  of the smallest gap between its recorded values, rounded to the sample's decimals.
+  (a posture held for a while); a channel whose 3 recorded values differ gets a smooth
+  AR(1) jitter of a tenth of the smallest gap between them, rounded to the sample's
+  decimals, and one with a repeated value keeps the recorded values exactly (a jitter
+  would split its 2/3 step, which the KS test rightly rejects).
 * Timestamps: TAXI one-minute steps with a number of lines per minute drawn from the
   sample's histogram; SYS one-second steps likewise; FIT every 20 ms (50 Hz); with
   ``rate``, line ``i`` is stamped ``start_ms + floor(i * 1000 / rate)``.
