@@ -615,6 +615,8 @@ def test_decision_tree_gain_ratio_hand_worked_c45_example():
     assert gain_ratio["tree"]["le"] == {"leaf": "A", "counts": {"A": 1}}
     assert classify(gain_ratio, {"u": 0, "v": 0, "w": 0}) == "A"
     assert classify(gain_ratio, {"u": 0}) is None  # a feature missing
+    constant = train_tree([(1, 0), (1, 1)], ["A", "B"], ["c", "x"], min_samples_leaf=1)
+    assert constant["tree"]["feature"] == "x"  # a constant column is never split on
     leaf = train_tree([(1,), (1,)], ["A", "B"], ["u"])  # no split possible
     assert leaf["tree"] == {"leaf": "A", "counts": {"A": 1, "B": 1}}
     with pytest.raises(ValueError):

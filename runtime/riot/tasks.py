@@ -284,7 +284,8 @@ class SenMLParse(_Configurable):
         self.last_error = ""
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"meta_fields": _field_list(props, "PARSE.META_FIELD_SCHEMA") or [],
                 "id_field": _id_field(props)}
 
@@ -352,7 +353,8 @@ class RangeFilter(_Configurable):
         return ranges
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"ranges": _prop(props, "FILTER.RANGE_FILTER.VALID_RANGE", "")}
 
     def __call__(self, item: Item) -> list[Item]:
@@ -516,7 +518,8 @@ class BloomFilterTrain(_Bloom):
         self.inserted = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"field": (_field_list(props, "FILTER.MULTI_BLOOM_FILTER.USE_MSG_FIELD_LIST")
                           or [_id_field(props)])[0],
                 "expected_insertions": _int_prop(
@@ -562,7 +565,8 @@ class BloomFilterCheck(_Bloom):
             self.update_model(model)
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "field": (_field_list(props, "FILTER.MULTI_BLOOM_FILTER.USE_MSG_FIELD_LIST")
                       or [_id_field(props)])[0],
@@ -613,7 +617,8 @@ class Interpolation(_Configurable):
         self.filled = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"fields": _field_list(props, "STATISTICS.INTERPOLATION.USE_MSG_FIELD_LIST",
                                       "STATISTICS.INTERPOLATION.USE_MSG_FIELD") or ["-"],
                 "window": _int_prop(props, "STATISTICS.INTERPOLATION.WINDOW_SIZE", 0),
@@ -670,7 +675,8 @@ class Join(_Configurable):
         self.errors = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         rows = _schema_rows(_read_text(props, "JOIN.SCHEMA_FILE_PATH", read))
         return {"schema": rows[0],
                 "max_count": _int_prop(props, "JOIN.MAX_COUNT_VALUE", len(rows[0]))}
@@ -733,7 +739,8 @@ class Annotate(_Configurable):
         return table
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         plain = _schema_rows(_read_text(props, "JOIN.SCHEMA_FILE_PATH", read))[0]
         full = _schema_rows(_read_text(
             props, "PARSE.CSV_SCHEMA_WITH_ANNOTATEDFIELDS_FILEPATH", read))[0]
@@ -790,7 +797,8 @@ class CsvToSenML(_Configurable):
         return cls(rows[0], rows[1], rows[2], string_bt)
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         rows = _schema_rows(_read_text(
             props, "PARSE.CSV_SCHEMA_WITH_ANNOTATEDFIELDS_FILEPATH", read))
         if len(rows) < 3:
@@ -838,7 +846,8 @@ class BlockWindowAverage(_Configurable):
         self.blocks: dict[str, list[float]] = {}
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"fields": _field_list(props, "AGGREGATE.BLOCK_AVERAGE.USE_MSG_FIELD",
                                       "AGGREGATE.BLOCK_COUNT.USE_MSG_FIELD_LIST")
                 or _stat_fields(props) or ["-"],
@@ -888,7 +897,8 @@ class KalmanFilter(_Configurable):
         self.state: dict[str, list[float]] = {}
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"fields": _stat_fields(props) or ["-"],
                 "process_noise": _float_prop(props, "STATISTICS.KALMAN_FILTER.PROCESS_NOISE", 0.1),
                 "sensor_noise": _float_prop(props, "STATISTICS.KALMAN_FILTER.SENSOR_NOISE", 0.1),
@@ -938,7 +948,8 @@ class SimpleLinearRegression(_Configurable):
         self.series: dict[str, list] = {}
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"fields": _stat_fields(props) or ["-"],
                 "train_window": _int_prop(
                     props, "PREDICT.SIMPLE_LINEAR_REGRESSION.WINDOW_SIZE_TRAIN", 10),
@@ -1009,7 +1020,8 @@ class SecondOrderMoment(_Configurable):
         self.sketches: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"fields": _stat_fields(props) or ["-"],
                 "max_map_size": _int_prop(props, "STATISTICS.MOMENT.MAX_HASHMAPSIZE", 100_000),
                 "key_field": _id_field(props)}
@@ -1084,7 +1096,8 @@ class DistinctApproxCount(_Configurable):
         self.total = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"field": _id_field(props) or "-",
                 "buckets_log2": _int_prop(props, "AGGREGATE.DISTINCT_APPROX_COUNT.BUCKETS", 10)}
 
@@ -1137,7 +1150,8 @@ class Accumulator(_Configurable):
         self.series: dict[str, list[list[float]]] = {}
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         meta = _field_list(props, "PARSE.META_FIELD_SCHEMA") or ["timestamp"]
         index = _int_prop(props, "AGGREGATE.ACCUMLATOR.META_TIMESTAMP_FIELD", 1)
         return {"window": _int_prop(props, "AGGREGATE.ACCUMLATOR.TUPLE_WINDOW_SIZE", 10),
@@ -1264,7 +1278,8 @@ class AnnotateDTClass(_Configurable):
         self.skipped = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         columns = TRAIN_COLUMNS[dataset]
         index = _int_prop(props, "ANNOTATE.ANNOTATE_MSG_USE_FIELD", 0)
         return {"field": columns[index] if 0 <= index < len(columns) else columns[0],
@@ -1326,13 +1341,14 @@ def train_tree(rows: Sequence[Sequence[float]], labels: Sequence[str],
     distinct values, each side holding at least ``min_samples_leaf`` rows.
     ``criterion="entropy"`` takes the split of largest information gain (CART with
     entropy, scikit-learn's ``DecisionTreeClassifier(criterion="entropy")``; ties go to
-    the earlier feature, then the lower threshold).  ``"gain_ratio"`` is C4.5's choice
-    (release 8, as Weka's J48): per feature the threshold of largest gain, less the MDL
-    penalty ``log2(candidate thresholds) / n``; among features whose gain is at least the
-    average, the largest gain ratio.  A node becomes a leaf when pure, smaller than
-    ``min_samples_split``, at ``max_depth``, or when no split gains.  No pruning (J48 also
-    prunes by estimated error).  Nodes: ``{"leaf": label, "counts": {...}}`` or
-    ``{"feature", "threshold", "le", "gt", "counts"}``.
+    the earlier feature, then the lower threshold).  ``"gain_ratio"`` is C4.5's split
+    rule (release 8, which Weka's J48 implements): per feature the threshold of largest
+    gain, less the MDL penalty ``log2(candidate thresholds) / n``; among features whose
+    gain is at least the average, the largest gain ratio.  A node becomes a leaf when
+    pure, smaller than ``min_samples_split``, at ``max_depth``, or when no split gains.
+    Not J48: no error-based pruning, and J48 also wants each side of a numeric split to
+    hold 10% of the node's rows per class (clamped to 2..25).  Nodes: ``{"leaf": label,
+    "counts": {...}}`` or ``{"feature", "threshold", "le", "gt", "counts"}``.
     """
     if criterion not in ("gain_ratio", "entropy"):
         raise ValueError(f"criterion must be 'gain_ratio' or 'entropy', not {criterion!r}")
@@ -1514,7 +1530,8 @@ class DecisionTreeTrain(_Trainer):
         self.skipped = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"features": TRAIN_COLUMNS[dataset],
                 "batch_size": _int_prop(
                     props, "CLASSIFICATION.DECISION_TREE.TRAIN.MODEL_UPDATE_FREQUENCY", 300)}
@@ -1620,7 +1637,8 @@ class MultiLinearRegressionTrain(_Trainer):
         self.skipped = 0
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         columns = TRAIN_COLUMNS[dataset]
         return {"features": columns[:-1], "target": columns[-1],
                 "batch_size": _int_prop(
@@ -1735,7 +1753,8 @@ class ResidualError(_Configurable):
         self.average: float | None = None
 
     @classmethod
-    def _from_props(cls, props, dataset, read):
+    def _from_props(cls, props: Mapping[str, str], dataset: str,
+                    read: Reader | None) -> dict[str, Any]:
         return {"average_field": f"{TRAIN_COLUMNS[dataset][-1]}_average"}
 
     def __call__(self, item: Item) -> list[Item]:
