@@ -679,6 +679,8 @@ def test_predictors_take_model_updates_from_train_and_residuals(taxi):
     want = model["intercept"] + model["weights"][0] * t["trip_time_in_secs"] + \
         model["weights"][1] * t["trip_distance"]
     assert out == {"_id": 300, "predict": pytest.approx(want), "actual": t["fare_amount"]}
+    assert predict({**notes[1], "model": "{broken"}) == [] and predict.bad_updates == 1
+    assert predict.model == json.loads(notes[0]["model"])  # a broken update keeps the model
     predict.update_model(notes[1]["model"])
     assert predict.model == json.loads(notes[1]["model"]) and predict.updates == 2
     labelled = run(AnnotateDTClass("total_amount", 100), taxi[:100])

@@ -1664,7 +1664,10 @@ class _Predictor(_Configurable):
 
     def _is_update(self, item: Item) -> bool:
         if item.get("analytic_type") == self.analytic_type and "model" in item:
-            self.update_model(item["model"])
+            try:
+                self.update_model(item["model"])
+            except (TypeError, ValueError):
+                self.bad_updates = getattr(self, "bad_updates", 0) + 1  # keep the old model
             return True
         return False
 
