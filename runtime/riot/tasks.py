@@ -1656,6 +1656,8 @@ class MultiLinearRegressionTrain(_Trainer):
 class _Predictor(_Configurable):
     analytic_type: ClassVar[str] = ""
     model: dict[str, Any] | None
+    updates: int
+    bad_updates: int
 
     def update_model(self, model: Mapping[str, Any] | str | bytes) -> None:
         """Use ``model`` (a dict, or its JSON) from now on."""
@@ -1667,7 +1669,7 @@ class _Predictor(_Configurable):
             try:
                 self.update_model(item["model"])
             except (TypeError, ValueError):
-                self.bad_updates = getattr(self, "bad_updates", 0) + 1  # keep the old model
+                self.bad_updates += 1  # keep the current model
             return True
         return False
 
@@ -1689,6 +1691,7 @@ class DecisionTreeClassify(_Predictor):
     def __init__(self, model: Mapping[str, Any] | str | None = None) -> None:
         self.model = None
         self.updates = 0
+        self.bad_updates = 0
         self.skipped = 0
         if model is not None:
             self.update_model(model)
@@ -1719,6 +1722,7 @@ class MultiLinearRegressionPredict(_Predictor):
     def __init__(self, model: Mapping[str, Any] | str | None = None) -> None:
         self.model = None
         self.updates = 0
+        self.bad_updates = 0
         self.skipped = 0
         if model is not None:
             self.update_model(model)
