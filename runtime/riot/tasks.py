@@ -1659,6 +1659,14 @@ class _Predictor(_Configurable):
     updates: int
     bad_updates: int
 
+    def __init__(self, model: Mapping[str, Any] | str | None = None) -> None:
+        self.model = None
+        self.updates = 0
+        self.bad_updates = 0
+        self.skipped = 0
+        if model is not None:
+            self.update_model(model)
+
     def update_model(self, model: Mapping[str, Any] | str | bytes) -> None:
         """Use ``model`` (a dict, or its JSON) from now on."""
         self.model = _load_model(model)
@@ -1688,14 +1696,6 @@ class DecisionTreeClassify(_Predictor):
     name: ClassVar[str] = "DecisionTreeClassify"
     analytic_type: ClassVar[str] = "DTC"
 
-    def __init__(self, model: Mapping[str, Any] | str | None = None) -> None:
-        self.model = None
-        self.updates = 0
-        self.bad_updates = 0
-        self.skipped = 0
-        if model is not None:
-            self.update_model(model)
-
     def __call__(self, item: Item) -> list[Item]:
         if self._is_update(item):
             return []
@@ -1718,14 +1718,6 @@ class MultiLinearRegressionPredict(_Predictor):
 
     name: ClassVar[str] = "MultiLinearRegressionPredict"
     analytic_type: ClassVar[str] = "MLR"
-
-    def __init__(self, model: Mapping[str, Any] | str | None = None) -> None:
-        self.model = None
-        self.updates = 0
-        self.bad_updates = 0
-        self.skipped = 0
-        if model is not None:
-            self.update_model(model)
 
     def __call__(self, item: Item) -> list[Item]:
         if self._is_update(item):
