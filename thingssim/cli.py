@@ -840,10 +840,12 @@ def _register_plugins() -> None:
     from .broker import broker_command
     from .calibrate import calibrate_command
     from .lab import lab_group
+    from .riot.cli import riot_command
 
     main.add_command(calibrate_command, "calibrate")
     main.add_command(broker_command, "broker")
     main.add_command(lab_group, "lab")
+    main.add_command(riot_command, "riot")
 
 
 _register_plugins()

@@ -21,7 +21,9 @@ tuple of every stage.  :class:`Measurement` turns that into tables.  Definitions
   ``J_i`` (RIoTBench's signed form: negative when the output falls behind), and
   ``jitter_abs`` the mean of ``|J_i|`` (which does not let a slow interval cancel a
   burst).  Intervals where the source sent nothing are left out; the sink's intervals
-  are shifted by the median latency so a steady pipeline scores 0.
+  are shifted by the median latency so a steady pipeline scores 0.  The intervals are
+  those between the source's reports (every ``report_s``, 1 s); a last one shorter than
+  half of that is left out.
 - **Per task**: tuples in and out, selectivity (out / in), input and output rates (per
   second of the task's active time: first to last report with traffic); **processing
   time** per input tuple = the program's CPU seconds (the engines' resource reports:
@@ -103,7 +105,13 @@ class Collector:
     def _on_tuple(self, message: Message) -> None:
         stage = message.topic.rsplit("/", 1)[1]
         if stage in self.stages or stage == "source":
-            self.records.setdefault(stage, []).append(json.loads(message.payload))
+            item = json.loads(message.payload)
+            if not item.get("_eos"):  # the end of the stream is no output
+                self.records.setdefault(stage, []).append(item)
+
+    def ended(self) -> set[str]:
+        """The stages whose end-of-stream counters came."""
+        return {s["stage"] for s in self.stats if s.get("eos")}
 
     def received(self) -> int:
         return len(self.sink_rows)
@@ -128,7 +136,8 @@ def jitter(edges: np.ndarray, sent: np.ndarray, arrivals: np.ndarray,
     sigma = len(arrivals) / sent[-1]
     omega_in = np.diff(sent)
     omega_out, _ = np.histogram(np.asarray(arrivals, float) - shift, edges)
-    keep = omega_in > 0
+    widths = np.diff(edges)
+    keep = (omega_in > 0) & (widths >= 0.5 * np.median(widths))  # not a last sliver
     if not keep.any() or sigma == 0:
         return float("nan"), float("nan")
     expected = sigma * omega_in[keep]
@@ -195,11 +204,9 @@ class Measurement:
 def _record_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Input ids first (``;``-joined), then every output field; the envelope's timing
     fields (which differ from run to run) last."""
-    frame = frame[~frame.get("_eos", pd.Series(False, index=frame.index)).fillna(False)
-                  .astype(bool)] if "_eos" in frame else frame
-    frame = frame.drop(columns=[c for c in ("_eos",) if c in frame])
-    out = pd.DataFrame({"ids": [";".join(str(int(i)) for i in ids) if isinstance(ids, list)
-                                else "" for ids in frame.get("_ids", [None] * len(frame))]})
+    ids = frame["_ids"] if "_ids" in frame else [None] * len(frame)
+    out = pd.DataFrame({"ids": [";".join(str(int(i)) for i in v) if isinstance(v, list)
+                                else "" for v in ids]})
     fields = [c for c in frame.columns if not c.startswith("_")]
     timing = [c for c in ("_id", "_seq", "_ts", "_sent") if c in frame.columns]
     for c in fields + timing:

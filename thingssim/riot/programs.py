@@ -90,6 +90,8 @@ models = 0           # model updates applied (PRED)
 stored = 0           # models stored (TRAIN's store stage)
 plots = 0            # PNGs written (STATS' plot stage)
 plot_window = None
+storing = 0          # models being written (the end of stream waits for them)
+ending = False
 done = False
 
 
@@ -101,6 +103,7 @@ def build():
                               lambda path: files[path], **t["overrides"])
         if "__model__" in files:  # PRED: the model stored before the run
             task.update_model(files["__model__"])
+    files.clear()  # the task keeps what it needs: no second copy in every snapshot
     for topic in SPEC["inputs"]:
         things.subscribe(topic, on_tuple)
     if SPEC.get("model_topic"):
@@ -176,13 +179,18 @@ def on_tuple(topic, item):
 
 def store(out):
     """TRAIN: the model into the file system, then the model-updated notification."""
+    global storing
     path = SPEC["store_dir"] + "/" + out["analytic_type"] + ".json"
     model = out.pop("model")
     out["path"] = path
     out["bytes"] = float(len(model))
+    storing += 1
 
     def stored_it(err, _):
-        global stored
+        global stored, storing
+        storing -= 1
+        if ending and not storing:
+            things.set_immediate(finish)  # after this model's notification
         if err is not None:
             print("could not store", path, ":", err)
             return
@@ -241,13 +249,18 @@ def draw(window, points):
             plots += 1
         else:
             print("could not write", path, ":", err)
+        if done:  # the last window's PNG: counted in a last report
+            report()
 
     things.fs.write_file(path, data, written)
 
 
 def finish():
-    global done
+    global done, ending
     if done:
+        return
+    if storing:  # models still being written: the end of stream follows them
+        ending = True
         return
     done = True
     if SPEC.get("plot_dir") and plot_window is not None:

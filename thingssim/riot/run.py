@@ -68,7 +68,8 @@ class RunSpec:
     embed_lines: int = 3000
     part_lines: int = 2000
     #: while the stream flows: ``{"at": seconds after the start, "type": "migrate",
-    #: "stage": name, "to": engine}`` (also pause/resume/kill of a stage)
+    #: "stage": name, "to": engine}`` (also pause/resume/kill of a stage, and ``"call"``
+    #: with ``"fn": fn(deployment)``)
     actions: list[dict] = field(default_factory=list)
     run_id: Optional[str] = None
     model_topic: Optional[str] = None
@@ -254,6 +255,10 @@ class Deployment:
                            f"{self._consoles_hint(missing)}")
                 return
         elif self.state == "running" and (c.sink_done or now > self._deadline):
+            self.state = "draining"  # the stages' last counters are on their way
+            self._deadline = min(self._deadline, now + 2 * self.spec.report_s)
+        if self.state == "draining" and (c.ended() >= {s.name for s in self.flow.stages}
+                                         or now > self._deadline):
             self._stop()
             return
         self._timer = self.clock.call_later(0.05, self._tick)
@@ -269,13 +274,17 @@ class Deployment:
     def _act(self, action: dict) -> None:
         if self.finished:
             return
-        stage, kind = action["stage"], action.get("type", "migrate")
-        iid = self.instances[stage]
+        stage, kind = action.get("stage"), action.get("type", "migrate")
         row = {"at": self.clock.now() - (self.started_at or 0.0), "type": kind,
-               "stage": stage, "from": self.placement[stage], "to": action.get("to"),
+               "stage": stage, "from": self.placement.get(stage), "to": action.get("to"),
                "ok": None, "total_s": None, "error": None}
         self.actions.append(row)
         try:
+            if kind == "call":  # a hook for tests and experiments: fn(deployment)
+                action["fn"](self)
+                row["ok"] = True
+                return
+            iid = self.instances[stage]
             if kind == "migrate":
                 fut = self.d.move_code(self.placement[stage], action["to"],
                                        self.flow.code_name(stage), iid)
@@ -449,7 +458,6 @@ def run_sim(spec: RunSpec, world: Any = None, *, scenario: Any = None,
         while not dep.finished and world.clock.now() < limit:
             world.run(world.clock.now() + step)
             bar.update(dep.collector)
-        world.run(world.clock.now() + 2 * spec.report_s)  # the last reports
     finally:
         bar.close()
     if not dep.finished:
@@ -505,9 +513,8 @@ async def _real(spec: RunSpec, url: str, *, username: Optional[str], password: O
         limit = loop.time() + spec.ready_s + spec.duration + spec.drain_s + 60.0
         try:
             while not dep.finished and loop.time() < limit:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
                 bar.update(dep.collector)
-            await asyncio.sleep(2 * spec.report_s)
         finally:
             bar.close()
         if not dep.finished:
