@@ -105,6 +105,10 @@ EXPERIMENTS = [
                "python experiments/gfs_throughput.py --seed 1 --out results",
                measured=("gfs_throughput.csv", "gfs_throughput.png", "gfs_cost_model.csv"),
                needs="Mosquitto or amqtt"),
+    Experiment("riotbench",
+               "python experiments/riotbench.py --seed 1 --out results/riotbench",
+               deterministic=("riotbench/sim_peak.csv", "riotbench/sim_trials.csv"),
+               measured=("riotbench/sim_peak.png",)),
 ]
 
 

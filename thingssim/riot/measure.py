@@ -33,9 +33,15 @@ tuple of every stage.  :class:`Measurement` turns that into tables.  Definitions
   **input delay** (queueing) = mean and maximum of the time from the upstream's publish
   to the start of handling (network + broker + waiting in the board's queue); **CPU**
   mean percent of one core and **memory** peak resident MB, from the resource reports.
-- **Loss, duplicates, reordering**: from the sink's sequence numbers per input stream
-  (a tuple numbered below one already seen is reordered if it was missing, else a
-  duplicate; numbers never seen up to the stream's end-of-stream count are lost).
+- **Drain**: from the source's end of stream to the sink's (``drain_s``): how far behind
+  the dataflow was when the input stopped; **latency growth**: the median latency of the
+  last quarter of the tuples at the sink over that of the first quarter.
+- **Loss, duplicates, reordering**: ``lost`` counts, on every hop, the tuples a stage
+  published that the next one never handled (its inputs' final ``out`` counters minus
+  its ``in``: per task ``lost_in``, and ``extra_in`` for the opposite); the sink's
+  sequence numbers per input stream (``streams``) say which ones on the last hop, and
+  give ``duplicates`` and ``reordered`` (a tuple numbered below one already seen is
+  reordered if it was missing, else a duplicate).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class Collector:
     records: dict[str, list[dict]] = field(default_factory=dict)
     instances: set[str] = field(default_factory=set)  # the run's instance ids
     last_report: float | None = None  # when the sink last reported (collector's clock)
+    done_at: float | None = None  # the sink's things.time() when its last stream ended
 
     def attach(self, transport: Any, now: Callable[[], float]) -> None:
         """Subscribe on ``transport`` (a dispatcher's, or any client's)."""
@@ -86,13 +93,18 @@ class Collector:
 
     def _on_report(self, message: Message) -> None:
         report = json.loads(message.payload)
+        self.ready.add("sink")  # its ready message may have been lost (QoS 0)
         self.sink_rows.extend(report["rows"])
         self.sink_streams = report["streams"]
-        self.sink_done = self.sink_done or bool(report["done"])
+        if report["done"] and not self.sink_done:
+            self.sink_done = True
+            self.done_at = float(report["t"])
         self.last_report = self._now()
 
     def _on_stats(self, message: Message) -> None:
-        self.stats.append(json.loads(message.payload))
+        stats = json.loads(message.payload)
+        self.ready.add(stats["stage"])  # reports start once the program is ready
+        self.stats.append(stats)
 
     def _on_resource(self, message: Message) -> None:
         iid = message.topic.split("/")[1]
@@ -261,7 +273,15 @@ def _task_frame(c: Collector, meta: dict[str, Any]) -> pd.DataFrame:
             "eos": bool(s.get("eos", False)),
             **{k: s[k] for k in ("errors", "skipped", "misses", "models", "stored", "plots")
                if s.get(k)}})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # tuples lost (or doubled) on the way in: what the inputs published minus what came
+    out = dict(zip(frame["stage"], frame["out"]))
+    inputs = meta.get("inputs", {})
+    expected = [sum(out.get(i, 0) for i in inputs[n]) if n in inputs else float("nan")
+                for n in frame["stage"]]
+    frame["lost_in"] = [max(0, e - i) if e == e else 0 for e, i in zip(expected, frame["in"])]
+    frame["extra_in"] = [max(0, i - e) if e == e else 0 for e, i in zip(expected, frame["in"])]
+    return frame
 
 
 def _rates(history: list[tuple[float, int, int]]) -> tuple[float, float]:
@@ -273,6 +293,17 @@ def _rates(history: list[tuple[float, int, int]]) -> tuple[float, float]:
         return float("nan"), float("nan")
     span = moved[-1][0] - moved[0][0]
     return (moved[-1][1] - moved[0][1]) / span, (moved[-1][2] - moved[0][2]) / span
+
+
+def _growth(lat: pd.DataFrame) -> float:
+    """Median latency of the last quarter of the tuples (by arrival) over that of the
+    first quarter: about 1 while the dataflow keeps up, growing with a backlog."""
+    if len(lat) < 8:
+        return float("nan")
+    values = lat.sort_values("arrival")["latency_ms"].to_numpy()
+    quarter = len(values) // 4
+    first = float(np.median(values[:quarter]))
+    return float(np.median(values[-quarter:])) / first if first > 0 else float("nan")
 
 
 def _summary(c: Collector, meta: dict[str, Any], lat: pd.DataFrame, streams: pd.DataFrame,
@@ -288,15 +319,20 @@ def _summary(c: Collector, meta: dict[str, Any], lat: pd.DataFrame, streams: pd.
     shift = float(np.median(latency) / 1e3) if n else 0.0
     j, j_abs = jitter(np.array([t for t, _ in source]), np.array([o for _, o in source]),
                       arrivals, shift)
-    lost = int(streams["lost"].sum()) if len(streams) else 0
+    # on every hop: published by a stage, never handled by the next (QoS 0 on a lossy
+    # link, or a program that died); the sink's sequence numbers tell the last hop's
+    lost = int(tasks["lost_in"].sum()) if "lost_in" in tasks else 0
+    # the sink's own count (its rows travel in reports a lossy link may lose)
+    received = int(streams["received"].sum()) if len(streams) else n
     row = {
         "flow": meta["flow"], "dataset": meta["dataset"], "mode": meta["mode"],
         "rate": meta.get("rate"), "duration_s": meta.get("duration"),
-        "sent": sent, "received": n,
-        "selectivity": n / sent if sent else float("nan"),
+        "sent": sent, "received": received,
+        "selectivity": received / sent if sent else float("nan"),
         "input_rate": (active[-1][1] - active[0][1]) / span_in
         if span_in == span_in and span_in > 0 else float("nan"),
-        "throughput": n / span_out if span_out == span_out and span_out > 0 else float("nan"),
+        "throughput": received / span_out if span_out == span_out and span_out > 0
+        else float("nan"),
         "latency_p50_ms": pct[0], "latency_p95_ms": pct[1], "latency_p99_ms": pct[2],
         "latency_mean_ms": float(np.mean(latency)) if n else float("nan"),
         "latency_max_ms": float(np.max(latency)) if n else float("nan"),
@@ -305,5 +341,8 @@ def _summary(c: Collector, meta: dict[str, Any], lat: pd.DataFrame, streams: pd.
         "duplicates": int(streams["duplicates"].sum()) if len(streams) else 0,
         "reordered": int(streams["reordered"].sum()) if len(streams) else 0,
         "complete": bool(c.sink_done),
+        "drain_s": c.done_at - source[-1][0] if c.done_at is not None and source
+        else float("nan"),
+        "latency_growth": _growth(lat),
     }
     return pd.DataFrame([row])

@@ -21,7 +21,9 @@ what it emits):
   input delay = its ``things.time()`` at the start of handling minus ``_sent``).
 
 The end of a stream is ``{"_eos": true, "_seq": <tuples sent>}``: a task forwards it when
-every one of its inputs has ended (windows still open are not flushed, as in RIoTBench).
+every one of its inputs has ended (windows still open are not flushed, as in RIoTBench),
+and repeats it at every report, since programs publish with QoS 0 and a lossy link
+(the Pi Zero's Wi-Fi) may lose any one copy; receivers take the first.
 
 **Readiness.**  A program subscribes only once its task is built (its files read from
 the global file system), then says so on ``riot/<run>/ready``; the runner starts the
@@ -265,11 +267,12 @@ def finish():
     done = True
     if SPEC.get("plot_dir") and plot_window is not None:
         draw(plot_window, last_points)
-    things.publish(SPEC["output"], {"_eos": True, "_seq": seq, "_sent": things.time()})
     report()
 
 
 def report():
+    if done:  # the end of stream again at every report: QoS 0 may lose any one copy
+        things.publish(SPEC["output"], {"_eos": True, "_seq": seq, "_sent": things.time()})
     stats = {"stage": SPEC["stage"], "t": things.time(), "in": n_in, "out": n_out,
              "busy": busy, "delay_sum": delay_sum, "delay_max": delay_max, "eos": done,
              "models": models, "stored": stored, "plots": plots}
@@ -336,9 +339,7 @@ def schedule():
         timer = None
         if not parts and not reading:
             done = True
-            things.publish(SPEC["output"], {"_eos": True, "_seq": n, "_sent": things.time()})
             report()
-            things.exit()
         return
     delay = queue[0][0] - (things.now() - t0)
     timer = things.set_timeout(send, delay if delay > 0 else 0)
@@ -355,6 +356,8 @@ def send():
 
 
 def report():
+    if done:  # the end of stream, again at every report (QoS 0 may lose a copy)
+        things.publish(SPEC["output"], {"_eos": True, "_seq": n, "_sent": things.time()})
     things.publish(SPEC["stats_topic"], {"stage": "source", "t": things.time(), "in": 0,
                                          "out": n, "busy": 0.0, "delay_sum": 0.0,
                                          "delay_max": 0.0, "eos": done})
@@ -386,6 +389,8 @@ def on_tuple(topic, item):
     s = streams[topic]
     seq = item.get("_seq")
     if item.get("_eos"):
+        if ended[s] is not None:
+            return  # a repeat
         ended[s] = seq
         if seq > expected[s]:  # the last ones never came
             lost_at_end[s] = seq - expected[s]

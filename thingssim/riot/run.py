@@ -152,6 +152,7 @@ class Deployment:
         self.actions: list[dict] = []
         self.lines = schedule(spec)
         self._deadline = 0.0
+        self._started_tick = 0.0
         self._timer: Any = None
 
     def _place(self, given: dict[str, str]) -> dict[str, str]:
@@ -249,12 +250,16 @@ class Deployment:
                 for action in sorted(self.spec.actions, key=lambda a: a["at"]):
                     self.clock.call_later(float(action["at"]), lambda a=action: self._act(a))
                 self.d.transport.publish(f"riot/{self.run}/start", b"{}", qos=1)
+                self._started_tick = now
             elif now > self._deadline:
                 missing = sorted(set(self.flow.names) - c.ready)
                 self._fail(f"not ready after {self.spec.ready_s:g} s: {', '.join(missing)}"
                            f"{self._consoles_hint(missing)}")
                 return
-        elif self.state == "running" and (c.sink_done or now > self._deadline):
+        elif self.state == "running" and not c.sent() and now - self._started_tick > 0.5:
+            self._started_tick = now  # the source has not started: the start was lost
+            self.d.transport.publish(f"riot/{self.run}/start", b"{}", qos=1)
+        if self.state == "running" and (c.sink_done or now > self._deadline):
             self.state = "draining"  # the stages' last counters are on their way
             self._deadline = min(self._deadline, now + 2 * self.spec.report_s)
         if self.state == "draining" and (c.ended() >= {s.name for s in self.flow.stages}
@@ -335,7 +340,9 @@ class Deployment:
                 "resource_period": 1.0,
                 "programs": {n: {"engine": self.placement[n],
                                  "instance_id": self.instances.get(n, "")}
-                             for n in self.flow.names}}
+                             for n in self.flow.names},
+                "inputs": {**{s.name: list(s.inputs) for s in self.flow.stages},
+                           "sink": list(self.flow.sink_inputs)}}
         return Measurement.from_collector(self.collector, meta)
 
     def consoles(self) -> dict[str, list[str]]:
