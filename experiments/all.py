@@ -107,8 +107,8 @@ EXPERIMENTS = [
                needs="Mosquitto or amqtt"),
     Experiment("riotbench",
                "python experiments/riotbench.py --seed 1 --out results/riotbench",
-               deterministic=("riotbench/sim_peak.csv", "riotbench/sim_trials.csv"),
-               measured=("riotbench/sim_peak.png",)),
+               deterministic=("riotbench/sim_peak.csv", "riotbench/sim_trials.csv",
+                              "riotbench/sim_peak.png")),
 ]
 
 

@@ -43,10 +43,12 @@ def _gap_free(result) -> None:
 
 
 def _no_loss(result, sent: int) -> None:
-    s = result.measurement.summary.iloc[0]
-    assert s["complete"], result.consoles
-    assert (s["lost"], s["duplicates"], s["reordered"]) == (0, 0, 0)
-    assert s["sent"] == sent
+    m = result.measurement
+    s = m.summary.iloc[0]
+    why = f"\n{m.summary.T}\n{m.streams}\n{m.tasks}\n{result.actions}\n{result.consoles}"
+    assert s["complete"], why
+    assert (s["lost"], s["duplicates"], s["reordered"]) == (0, 0, 0), why
+    assert s["sent"] == sent, why
 
 
 def _reference_etl(lines: list[str]) -> list[dict]:
@@ -103,7 +105,8 @@ def test_etl_in_simulation_matches_the_reference():
 
 def test_stats_in_simulation_plots_a_png_per_window():
     world = default_world(3)
-    result = run_sim(RunSpec(flow="STATS", rate=100, duration=4, run_id="stats"), world)
+    result = run_sim(RunSpec(flow="STATS", rate=100, duration=4, run_id="stats",
+                             input="synthetic", seed=3), world)
     _no_loss(result, 400)
     tasks = result.measurement.tasks.set_index("stage")
     for stage in ("kalman_filter", "distinct_approx_count", "second_order_moment"):
@@ -160,10 +163,12 @@ def test_stages_migrated_mid_stream_lose_double_and_reorder_nothing_in_simulatio
     moves = [{"at": 1.0, "type": "migrate", "stage": "range_filter", "to": "pi-2"},
              {"at": 1.5, "type": "migrate", "stage": "join", "to": "pi-1"},  # stateful
              {"at": 2.0, "type": "migrate", "stage": "parse", "to": "pi-3"},
+             {"at": 2.2, "type": "migrate", "stage": "source", "to": "pi-2"},  # reading
              {"at": 2.5, "type": "migrate", "stage": "annotate", "to": "pi-2"},  # 0.5 MB
              {"at": 3.0, "type": "migrate", "stage": "range_filter", "to": "pi-3"}]
+    # the source reads its input from the file system in parts of 40 lines as it goes
     result = run_sim(RunSpec(flow="ETL", rate=60, duration=5, run_id="etl-moves",
-                             record=True, actions=moves,
+                             record=True, actions=moves, embed_lines=100, part_lines=40,
                              placement={"source": "pi-1", "sink": "pi-1", "parse": "pi-1",
                                         "range_filter": "pi-1", "join": "pi-2",
                                         "annotate": "pi-3"}))
@@ -191,6 +196,9 @@ def test_cli_in_simulation(tmp_path):
     assert "100 sent, 100 at the sink, 0 lost" in res.output
     for name in ("summary", "tasks", "latency", "streams", "actions", "tasks/join"):
         assert (out / f"{name}.csv").is_file(), name
+    res = CliRunner().invoke(main, ["riot", "pred", "--speedup", "600", "--duration", "2",
+                                    "--no-progress"])  # the sample's own timestamps
+    assert res.exit_code == 0 and "PRED on TAXI (sim)" in res.output, res.output
     bad = CliRunner().invoke(main, ["riot", "etl", "--rate", "0"])
     assert bad.exit_code == 2 and "--rate" in bad.output
 
@@ -247,7 +255,7 @@ def test_stages_migrated_mid_stream_lose_double_and_reorder_nothing_on_real_work
                               record=True, actions=moves, drain_s=15,
                               placement={"source": "w1", "parse": "w2", "range_filter": "w2",
                                          "join": "w2", "sink": "w1"}), workers, discover=1.5)
-    assert list(result.actions["ok"]) == [True] * len(moves), result.actions
+    assert list(result.actions["ok"]) == [True] * len(moves), result.actions.to_string()
     _no_loss(result, 300)
     assert sorted(result.measurement.latency["id"]) == list(range(300))
     _gap_free(result)

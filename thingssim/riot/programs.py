@@ -320,7 +320,7 @@ def got_part(err, text):
         if row:
             due, _, line = row.partition("\t")
             queue.append((float(due), line))
-    if timer is None and not done:
+    if timer is None and not done and t0 is not None:
         schedule()
 
 

@@ -185,8 +185,8 @@ class Deployment:
             **common, "output": topic(run, "source"), "stats_topic": f"riot/{run}/stats/source",
             "start_topic": f"riot/{run}/start", "low_water": spec.part_lines // 2,
             "lines": [[due, line] for due, line in self.lines] if embed else None,
-            "parts": [] if embed else [f"/riot/input/{run}/part-{i:05d}.tsv" for i in
-                                       range(0, len(self.lines), spec.part_lines)]})
+            "parts": [] if embed else [f"/riot/input/{run}/part-{k:05d}.tsv" for k in
+                                       range(-(-len(self.lines) // spec.part_lines))]})
         out["sink"] = programs.sink_program({
             **common, "inputs": [topic(run, s) for s in self.flow.sink_inputs],
             "report_topic": f"riot/{run}/report"})
@@ -241,6 +241,11 @@ class Deployment:
             return
         now = self.clock.now()
         c = self.collector
+        crashed = [n for n, iid in self.instances.items()
+                   if getattr(self.d.programs.get(iid), "status", None) == "Crashed"]
+        if crashed:
+            self._fail(f"crashed: {', '.join(crashed)}{self._consoles_hint(crashed)}")
+            return
         if self.state == "ready":
             if set(self.flow.names) <= c.ready:
                 self.state = "running"
