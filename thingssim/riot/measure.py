@@ -309,6 +309,11 @@ def _growth(lat: pd.DataFrame) -> float:
 def _summary(c: Collector, meta: dict[str, Any], lat: pd.DataFrame, streams: pd.DataFrame,
              tasks: pd.DataFrame, sent: int) -> pd.DataFrame:
     source = sorted((s["t"], s["out"]) for s in c.stats if s["stage"] == "source")
+    ended = [s["t"] for s in c.stats if s["stage"] == "source" and s.get("eos")]
+    # the source keeps reporting after its end (repeating it): the rate and the jitter
+    # count up to its end only
+    if ended:
+        source = [(t, out) for t, out in source if t <= min(ended)]
     active = [(t, out) for t, out in source if out]
     arrivals = lat["arrival"].to_numpy()
     n = len(lat)
@@ -341,7 +346,7 @@ def _summary(c: Collector, meta: dict[str, Any], lat: pd.DataFrame, streams: pd.
         "duplicates": int(streams["duplicates"].sum()) if len(streams) else 0,
         "reordered": int(streams["reordered"].sum()) if len(streams) else 0,
         "complete": bool(c.sink_done),
-        "drain_s": c.done_at - source[-1][0] if c.done_at is not None and source
+        "drain_s": c.done_at - min(ended) if c.done_at is not None and ended
         else float("nan"),
         "latency_growth": _growth(lat),
     }
