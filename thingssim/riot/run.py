@@ -403,43 +403,13 @@ def default_world(seed: int = 1, boards: tuple = DEFAULT_BOARDS, **options: Any)
 
 def world_from_scenario(scenario: Any, seed: Optional[int] = None) -> Any:
     """A world with the scenario's boards, broker, cost model, file system (the RIoTBench
-    grant added) and faults; its programs run beside the dataflow, its actions are not
-    used (give migrations of stages as ``RunSpec.actions``)."""
-    from thingssim.sim.network import BrokerProfile
-    from thingssim.sim.world import CostModel, World
-
-    s = scenario
-    world = World(s.seed if seed is None else seed, trace=False,
-                  broker=BrokerProfile(**s.broker) if s.broker else None,
-                  cost=CostModel(**s.cost) if s.cost else None, keepalive=s.keepalive)
-    for spec in s.boards:
-        for name in spec.names():
-            world.add_board(name, spec.profile, spec.resource_period, **spec.overrides)
-    g = s.gfs
-    if g is None:
+    grant added, or a file system of its own) and faults; its programs run beside the
+    dataflow, its actions are not used (give migrations of stages as ``RunSpec.actions``)."""
+    world = scenario.build_world(seed, trace=False, grants=[GRANT])
+    if not world.gfs:
         world.add_gfs("gfs", grants=[GRANT])
-    else:
-        world.add_gfs(g.name, g.profile, grants=[*g.grants, GRANT], cost=g.storage_cost(),
-                      files=g.files, **g.overrides)
-    undo = {"crash": "reboot", "link_down": "link_up", "broker_down": "broker_up"}
-    for fault in s.faults:
-        world.at(fault.at, lambda f=fault: _fault(world, f.type, f.board))
-        if fault.duration is not None and fault.type in undo:
-            world.at(fault.at + fault.duration,
-                     lambda f=fault: _fault(world, undo[f.type], f.board))
+    scenario.schedule_faults(world)
     return world
-
-
-def _fault(world: Any, kind: str, board: Optional[str]) -> None:
-    node: Any = world.boards.get(board) or world.gfs.get(board)
-    if kind in ("crash", "reboot"):
-        getattr(node, kind)()
-    elif kind in ("link_down", "link_up"):
-        getattr(node.link, kind.split("_")[1])()
-        world.record_fault(kind, board)
-    else:
-        getattr(world.network, kind)()
-        world.record_fault(kind, "broker")
 
 
 def run_sim(spec: RunSpec, world: Any = None, *, scenario: Any = None,

@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -235,6 +235,33 @@ class Scenario:
     def run(self, seed: int | None = None,
             on_progress: Callable[[float], None] | None = None) -> Results:
         return _Runner(self, self.seed if seed is None else seed).run(on_progress)
+
+    def build_world(self, seed: int | None = None, *, trace: bool | None = None,
+                    grants: Iterable[Any] = ()) -> World:
+        """The scenario's world without its programs, actions, dispatcher and faults: its
+        boards, broker, cost model and file system (with ``grants`` added).  What ``run``
+        starts from; other drivers (``thingssim riot``) put their own programs on it, then
+        call :meth:`schedule_faults`."""
+        broker = BrokerProfile(**self.broker) if self.broker else BrokerProfile()
+        cost = CostModel(**self.cost) if self.cost else CostModel()
+        w = World(self.seed if seed is None else seed, broker=broker, cost=cost,
+                  trace=self.trace if trace is None else trace, keepalive=self.keepalive)
+        for spec in self.boards:
+            for name in spec.names():
+                w.add_board(name, spec.profile, spec.resource_period, **spec.overrides)
+        if self.gfs is not None:
+            g = self.gfs
+            w.add_gfs(g.name, g.profile, grants=[*g.grants, *grants], cost=g.storage_cost(),
+                      files=g.files, **g.overrides)
+        return w
+
+    def schedule_faults(self, w: World) -> None:
+        """Put the scenario's faults (and their ends) on ``w``'s timeline."""
+        for fault in self.faults:
+            w.at(fault.at, lambda f=fault: apply_fault(w, f.type, f.board))
+            if fault.duration is not None and fault.type in _UNDO:
+                w.at(fault.at + fault.duration,
+                     lambda f=fault: apply_fault(w, _UNDO[f.type], f.board))
 
 
 def _no_unknown(where: str, item: dict, known: set[str]) -> None:
@@ -490,51 +517,39 @@ class Results:
                             "memory_used_mb"]]
 
 
+def apply_fault(w: World, kind: str, board: str | None) -> None:
+    """A scenario fault now: ``crash``/``reboot`` of a board or the GFS node, ``link_down``/
+    ``link_up`` of its link, ``broker_down``/``broker_up``."""
+    node: Any = w.boards.get(board) or w.gfs.get(board)  # a board, or the GFS node
+    if kind == "crash":
+        node.crash()
+    elif kind == "reboot":
+        node.reboot()
+    elif kind in ("link_down", "link_up"):
+        getattr(node.link, kind.split("_")[1])()
+        w.record_fault(kind, board)
+    else:
+        getattr(w.network, kind)()
+        w.record_fault(kind, "broker")
+
+
 class _Runner:
     def __init__(self, scenario: Scenario, seed: int) -> None:
         self.s = scenario
-        broker = BrokerProfile(**scenario.broker) if scenario.broker else BrokerProfile()
-        cost = CostModel(**scenario.cost) if scenario.cost else CostModel()
-        self.world = World(seed, broker=broker, cost=cost, trace=scenario.trace,
-                           keepalive=scenario.keepalive)
+        self.world = scenario.build_world(seed)
         self.instances: dict[str, str] = {}  # scenario program name -> instance id
         self.code_names: dict[str, str] = {}
 
     def run(self, on_progress: Callable[[float], None] | None) -> Results:
         w, s = self.world, self.s
-        for spec in s.boards:
-            for name in spec.names():
-                w.add_board(name, spec.profile, spec.resource_period, **spec.overrides)
-        if s.gfs is not None:
-            g = s.gfs
-            w.add_gfs(g.name, g.profile, grants=g.grants, cost=g.storage_cost(),
-                      files=g.files, **g.overrides)
         w.add_dispatcher(**s.dispatcher)
         for prog in s.programs:
             w.at(prog.at, lambda prog=prog: self._act("run", prog.name, prog.board, prog))
         for action in s.actions:
             w.at(action.at, lambda a=action: self._act(a.type, a.program, a.to))
-        for fault in s.faults:
-            w.at(fault.at, lambda f=fault: self._fault(f.type, f.board))
-            if fault.duration is not None and fault.type in _UNDO:
-                w.at(fault.at + fault.duration,
-                     lambda f=fault: self._fault(_UNDO[f.type], f.board))
+        s.schedule_faults(w)
         w.run(s.duration, on_progress)
         return self._results()
-
-    def _fault(self, kind: str, board: str | None) -> None:
-        w = self.world
-        node: Any = w.boards.get(board) or w.gfs.get(board)  # a board, or the GFS node
-        if kind == "crash":
-            node.crash()
-        elif kind == "reboot":
-            node.reboot()
-        elif kind in ("link_down", "link_up"):
-            getattr(node.link, kind.split("_")[1])()
-            w.record_fault(kind, board)
-        else:
-            getattr(w.network, kind)()
-            w.record_fault(kind, "broker")
 
     def _act(self, kind: str, program: str, target: Any, spec: ProgramSpec | None = None,
              row: dict | None = None) -> None:
