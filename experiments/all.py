@@ -109,6 +109,12 @@ EXPERIMENTS = [
                "python experiments/riotbench.py --seed 1 --out results/riotbench",
                deterministic=("riotbench/sim_peak.csv", "riotbench/sim_trials.csv",
                               "riotbench/sim_peak.png")),
+    Experiment("riotbench_real",
+               "python experiments/riotbench_real.py --seed 1 --out results/riotbench",
+               measured=tuple(f"riotbench/{f}" for f in (
+                   "real_peak.csv", "real_trials.csv", "real_latency.csv",
+                   "real_migration.csv", "real.png")),
+               needs="Mosquitto or amqtt"),
 ]
 
 

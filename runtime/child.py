@@ -17,8 +17,11 @@ import sys
 from typing import Any
 
 from .clock import AsyncioClock
-from .isolation import CallbackTimeout, read_frame, write_frame
+from .isolation import CallbackTimeout, FrameBuffer, encode_frame, read_frame
 from .program import ProgramHost
+
+#: frames sent at the end of the loop iteration, together (the rest go at once, in order)
+_BATCHED = frozenset({"publish", "console"})
 
 
 class _Watchdog:
@@ -55,9 +58,26 @@ async def _main() -> None:
     reader_fd, writer = sys.stdin.buffer.raw, sys.stdout.buffer
     header, _ = read_frame(reader_fd)
     clock = AsyncioClock(loop)
+    out = bytearray()  # frames not written yet
+    due: list[bool] = []  # a flush is scheduled
+
+    def flush() -> None:
+        due.clear()
+        if out:
+            writer.write(out)  # blocking: the parent always reads (it never blocks)
+            writer.flush()
+            out.clear()
 
     def send(frame_type: str, body: bytes = b"", **fields: Any) -> None:
-        write_frame(writer, {"t": frame_type, **fields}, body)
+        """A frame to the parent.  The program's publishes and console lines wait for the
+        end of the loop iteration (a callback that publishes ten tuples makes one write);
+        every other frame goes at once, after them."""
+        out.extend(encode_frame({"t": frame_type, **fields}, body))
+        if frame_type not in _BATCHED:
+            flush()
+        elif not due:
+            due.append(True)
+            loop.call_soon(flush)
 
     def on_status(h: ProgramHost) -> None:
         send("status", status=h.status.value, error=h.error, exit_code=h.exit_code)
@@ -79,15 +99,24 @@ async def _main() -> None:
         return
     send("ready", filters=host.filters)
     done = asyncio.Event()
+    os.set_blocking(reader_fd.fileno(), False)
+    frames = FrameBuffer(reader_fd.fileno())
 
     def on_request() -> None:
+        """Every whole frame the pipe holds now, in order; at its end, the program ends."""
         try:
-            frame = read_frame(reader_fd)
-        except EOFError:
+            alive = frames.fill()
+        except OSError:
+            alive = False
+        frame = frames.pop()
+        while frame is not None and not done.is_set():
+            handle(*frame)
+            frame = frames.pop()
+        if not alive and not done.is_set():
             host.kill()
             done.set()
-            return
-        request, body = frame
+
+    def handle(request: dict, body: bytes) -> None:
         kind = request["t"]
         if kind == "deliver":
             host.deliver(request["topic"], body, via=request.get("via"),
@@ -118,6 +147,8 @@ async def _main() -> None:
 
     loop.add_reader(reader_fd.fileno(), on_request)
     await done.wait()
+    loop.remove_reader(reader_fd.fileno())
+    flush()
 
 
 def main() -> None:

@@ -12,6 +12,17 @@ but the program runs in ``python -m runtime.child``:
 
 Frames on the pipes: 8 bytes (header length, body length, big-endian), a JSON header, a
 raw body (payloads and console text travel unencoded).
+
+**Never blocking the worker.**  On an asyncio loop, frames to the child are written
+without blocking: what the pipe does not take at once waits, in order, in a buffer that
+the loop writes out when the pipe has room (``add_writer``).  A blocking write would
+deadlock under load: the worker stuck writing to a busy child's full stdin stops reading
+that child's stdout, so the child blocks on its own writes and never reads again (every
+program of the worker stops).  Messages for a program are written at the end of the loop
+iteration they arrived in, all in one write (one wake-up of the child); the child
+likewise reads every frame the pipe holds at once, and sends a callback's publishes in
+one write (:mod:`runtime.child`).  The buffer is not bounded: a child that falls behind
+costs the worker memory, as it costs the broker with a slow subscriber.
 """
 
 from __future__ import annotations
@@ -37,9 +48,13 @@ class CallbackTimeout(Exception):
     """A program callback ran too long (raised inside the child by its watchdog)."""
 
 
-def write_frame(stream: BinaryIO, header: dict, body: bytes = b"") -> None:
+def encode_frame(header: dict, body: bytes = b"") -> bytes:
     data = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    stream.write(_HEAD.pack(len(data), len(body)) + data + body)
+    return _HEAD.pack(len(data), len(body)) + data + body
+
+
+def write_frame(stream: BinaryIO, header: dict, body: bytes = b"") -> None:
+    stream.write(encode_frame(header, body))
     stream.flush()
 
 
@@ -143,6 +158,11 @@ class ProcessProgram:
         self.pid = self.proc.pid
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._frames = FrameBuffer(self.proc.stdout.fileno())
+        self._loop = getattr(clock, "loop", None)
+        self._wfd = self.proc.stdin.fileno()
+        self._out = bytearray()  # frames the child's stdin did not take yet, in order
+        self._writer = False  # waiting for room in the pipe (loop.add_writer)
+        self._flush_due = False  # a write of _out is scheduled this loop iteration
         init: dict[str, Any] = {"max_callback_s": max_callback_s}
         if snapshot is not None:
             init["snapshot"] = snapshot
@@ -164,6 +184,8 @@ class ProcessProgram:
         self.filters = header.get("filters", [])
         if snapshot is not None:
             self.status = ProgramStatus.PAUSED
+        if self._loop is not None:
+            os.set_blocking(self._wfd, False)  # from now on through _send
         self._add_reader()
 
     # ---------------------------------------------------------------- ProgramHost API
@@ -205,9 +227,11 @@ class ProcessProgram:
                 retained: bool = False) -> bool:
         if not self.alive or self._closed:
             return False
+        if via is not None and via not in self.filters:
+            return False  # not for this program: the child would drop it (ProgramHost.deliver)
         try:
-            write_frame(self.proc.stdin, {"t": "deliver", "topic": topic, "via": via,
-                                          "retained": retained}, data)
+            self._send({"t": "deliver", "topic": topic, "via": via, "retained": retained},
+                       data, soon=True)
         except OSError:
             self._died()
             return False
@@ -233,7 +257,7 @@ class ProcessProgram:
         self._next_id += 1
         rid = self._next_id
         try:
-            write_frame(self.proc.stdin, {"t": kind, "id": rid})
+            self._send({"t": kind, "id": rid})
         except OSError:
             self._died()
             return {"ok": False, "message": "program process is gone"}
@@ -249,8 +273,52 @@ class ProcessProgram:
             self._set(ProgramStatus(header["status"]))
         return header
 
+    def _send(self, header: dict, body: bytes = b"", soon: bool = False) -> None:
+        """A frame to the child, after those still waiting; never blocks on a loop (see
+        the module docstring).  ``soon``: written at the end of this loop iteration, with
+        the other frames queued meanwhile (one write, one wake-up of the child, for all
+        the messages that arrived together).  OSError if the child is gone."""
+        frame = encode_frame(header, body)
+        if self._loop is None:  # nothing else to serve meanwhile: write it whole
+            self.proc.stdin.write(frame)
+            self.proc.stdin.flush()
+            return
+        self._out += frame
+        if self._writer or self._flush_due:
+            return  # written, in order, by the write already due
+        if soon:
+            self._flush_due = True
+            self._loop.call_soon(self._on_writable)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what the child's stdin takes now; wait for room for the rest (OSError if
+        the child is gone)."""
+        self._flush_due = False
+        if self._closed or not self._out:
+            return
+        try:
+            sent = os.write(self._wfd, self._out)
+        except BlockingIOError:
+            sent = 0
+        del self._out[:sent]
+        if self._out and not self._writer:
+            self._loop.add_writer(self._wfd, self._on_writable)
+            self._writer = True
+        elif not self._out and self._writer:
+            self._loop.remove_writer(self._wfd)
+            self._writer = False
+
+    def _on_writable(self) -> None:
+        try:
+            self._flush()
+        except OSError:
+            self._died()
+
     def _wait_for(self, match: Callable[[dict], bool], timeout: float) -> dict | None:
-        """Read frames (handling the others as usual) until one matches, or time out."""
+        """Read frames (handling the others as usual) until one matches, or time out;
+        meanwhile write the frames still waiting for the child (the request among them)."""
         deadline = time.monotonic() + timeout
         while True:
             frame = self._frames.pop()
@@ -262,8 +330,17 @@ class ProcessProgram:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
                 return None
-            ready, _, _ = select.select([self._frames.fd], [], [], remaining)
+            writing = [self._wfd] if self._out else []
+            ready, writable, _ = select.select([self._frames.fd], writing, [], remaining)
+            if writable:
+                try:
+                    self._flush()
+                except OSError:
+                    self._died()
+                    return None
             if not ready:
+                if writable:
+                    continue
                 return None
             if not self._frames.fill():
                 self._died()
@@ -324,8 +401,12 @@ class ProcessProgram:
         if loop is not None:
             try:
                 loop.remove_reader(self.proc.stdout.fileno())
+                if self._writer:
+                    loop.remove_writer(self._wfd)
             except (ValueError, OSError):
                 pass
+        self._writer = False
+        self._out.clear()
         for sig, wait in ((None, 0.0 if force else 1.0), (signal.SIGTERM, 1.0),
                           (signal.SIGKILL, 5.0)):
             if self.proc.poll() is not None:

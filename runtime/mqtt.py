@@ -8,16 +8,17 @@ paho-mqtt 2.x, MQTT 3.1.1, standard library otherwise::
 
 **Threads** (``io="thread"``, the default).  paho runs its network loop in its own
 thread (``loop_start()``).  Every incoming message and every connection change is handed
-to the asyncio loop the core runs on with ``loop.call_soon_threadsafe``, one callback per
-event in arrival order, so handlers and listeners run on the loop thread, one at a time,
-in the order paho read the packets.  The core calls ``publish``/``subscribe``/
-``unsubscribe`` on the loop thread.  What that relies on in paho 2.x: ``Client.publish``,
-``subscribe`` and ``unsubscribe`` append the packet to a ``deque`` (atomic under the
-GIL), guard QoS > 0 state with ``_out_message_mutex`` and wake the network thread
-through its socket pair; the network thread does all socket reads and writes.  The
-subscription table (:class:`runtime.subscriptions.SubscriptionTable`) is touched only on
-the loop thread; the network thread re-subscribes on reconnect from a copy of its
-filters and their QoS, kept under a lock here.
+to the asyncio loop the core runs on through one FIFO queue, drained on the loop (only
+the first event of a burst wakes the loop with ``loop.call_soon_threadsafe``), so
+handlers and listeners run on the loop thread, one at a time, in the order paho read the
+packets.  The core calls ``publish``/``subscribe``/``unsubscribe`` on the loop thread.
+What that relies on in paho 2.x: ``Client.publish``, ``subscribe`` and ``unsubscribe``
+append the packet to a ``deque`` (atomic under the GIL), guard QoS > 0 state with
+``_out_message_mutex`` and wake the network thread through its socket pair; the network
+thread does all socket reads and writes.  The subscription table
+(:class:`runtime.subscriptions.SubscriptionTable`) is touched only on the loop thread;
+the network thread re-subscribes on reconnect from a copy of its filters and their QoS,
+kept under a lock here.
 
 **No thread** (``io="asyncio"``).  paho's socket is driven by the asyncio loop itself
 (``add_reader``/``add_writer`` and a 1 s ``loop_misc`` timer, paho's documented
@@ -98,6 +99,7 @@ import os
 import socket
 import ssl
 import threading
+from collections import deque
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -283,6 +285,10 @@ class MqttTransport:
         self._delay = self.reconnect_min  # asyncio mode: next back-off
         self._timer: asyncio.TimerHandle | None = None  # asyncio mode: misc or retry
         self._dispatching = 0
+        # io="thread": events from the network thread, in order, for the loop (_post)
+        self._posted: deque[tuple[Callable[..., None], tuple]] = deque()
+        self._posted_lock = threading.Lock()
+        self._drain_due = False
         self._barrier: int | None = None  # UNSUBACK awaited before listeners hear True
         self._client = self._new_client(self.clean_session)
         self._wire(self._client)
@@ -479,13 +485,42 @@ class MqttTransport:
         loop = self._loop
         if loop is None:
             return
-        if self.io == "asyncio" and _running_loop() is loop:
-            fn(*args)  # already on the loop thread (paho called back from loop_read)
+        if self.io == "asyncio":
+            if _running_loop() is loop:
+                fn(*args)  # already on the loop thread (paho called back from loop_read)
+                return
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
             return
+        # The network thread: every event goes through one FIFO, drained on the loop.
+        # Only the first event of a burst wakes the loop (call_soon_threadsafe writes to
+        # its self-pipe), not every message.
+        with self._posted_lock:
+            self._posted.append((fn, args))
+            if self._drain_due:
+                return
+            self._drain_due = True
         try:
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(self._drain_posted)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
+
+    def _drain_posted(self) -> None:
+        """On the loop: run the events posted so far, in order; later ones in the next
+        loop iteration, so a flood of messages does not starve the loop's other work."""
+        posted = self._posted
+        try:
+            for _ in range(len(posted)):
+                fn, args = posted.popleft()
+                fn(*args)
+        finally:
+            with self._posted_lock:
+                if posted:
+                    self._loop.call_soon(self._drain_posted)
+                else:
+                    self._drain_due = False
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         if self._purge_pending and not self._closing:
