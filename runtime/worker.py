@@ -234,6 +234,19 @@ def make_transport(config: WorkerConfig, loop: asyncio.AbstractEventLoop, client
                          tls=config.tls)
 
 
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop,
+                    stop: asyncio.Event | None = None) -> asyncio.Event:
+    """``stop`` (or a new event), set by SIGINT or SIGTERM where the loop can take signals
+    (the main thread of a POSIX process): how a worker or a service is asked to end."""
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread / platform
+            pass
+    return stop
+
 async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the engine until ``stop`` is set (or SIGINT/SIGTERM); returns an exit code."""
 
@@ -256,12 +269,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
         log.warning("engine %s refuses every migration to it (error 'forbidden'): give the "
                     "workers a shared snapshot_key (provision.sh does), or list the engines "
                     "it may accept programs from in migrate_peers", config.id)
-    stop = stop or asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread / platform
-            pass
+    stop = stop_on_signals(loop, stop)
     engine.start()
     log.info("engine %s started on %s", config.id, config.pubsub_url)
     await stop.wait()

@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -193,12 +192,9 @@ async def serve(config: ServerConfig, stop: Optional[asyncio.Event] = None,
             log.info("gfs %s: discarded %d abandoned uploads", config.id, dropped)
         timers[0] = clock.call_later(SWEEP_S, sweep)
 
-    stop = stop or asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread / platform
-            pass
+    from ..worker import stop_on_signals
+
+    stop = stop_on_signals(loop, stop)
     try:
         service.start()  # the layout, old uploads dropped, the command topic subscribed
         timers = [clock.call_later(SWEEP_S, sweep)]

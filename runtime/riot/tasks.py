@@ -1672,6 +1672,20 @@ class _Predictor(_Configurable):
         self.model = _load_model(model)
         self.updates += 1
 
+    def __call__(self, item: Item) -> list[Item]:
+        """A model notification updates the model; any other tuple is predicted on (or
+        ``skipped``, without a model or with a feature missing)."""
+        if self._is_update(item):
+            return []
+        out = None if self.model is None else self._predict(self.model, item)
+        if out is None:
+            self.skipped += 1
+            return []
+        return [{**_envelope(item), **out}]
+
+    def _predict(self, model: dict[str, Any], item: Item) -> Item | None:
+        raise NotImplementedError
+
     def _is_update(self, item: Item) -> bool:
         if item.get("analytic_type") == self.analytic_type and "model" in item:
             try:
@@ -1696,15 +1710,9 @@ class DecisionTreeClassify(_Predictor):
     name: ClassVar[str] = "DecisionTreeClassify"
     analytic_type: ClassVar[str] = "DTC"
 
-    def __call__(self, item: Item) -> list[Item]:
-        if self._is_update(item):
-            return []
-        label = None if self.model is None else classify(self.model, item)
-        if label is None:
-            self.skipped += 1
-            return []
-        target = self.model.get("target", "classified_class") if self.model else ""
-        return [{**_envelope(item), target: label}]
+    def _predict(self, model: dict[str, Any], item: Item) -> Item | None:
+        label = classify(model, item)
+        return None if label is None else {model.get("target", "classified_class"): label}
 
 
 @task
@@ -1719,18 +1727,15 @@ class MultiLinearRegressionPredict(_Predictor):
     name: ClassVar[str] = "MultiLinearRegressionPredict"
     analytic_type: ClassVar[str] = "MLR"
 
-    def __call__(self, item: Item) -> list[Item]:
-        if self._is_update(item):
-            return []
-        prediction = None if self.model is None else predict_ols(self.model, item)
+    def _predict(self, model: dict[str, Any], item: Item) -> Item | None:
+        prediction = predict_ols(model, item)
         if prediction is None:
-            self.skipped += 1
-            return []
-        out = {**_envelope(item), "predict": prediction}
-        actual = item.get(self.model["target"]) if self.model else None
+            return None
+        out: Item = {"predict": prediction}
+        actual = item.get(model["target"])
         if _is_number(actual):
             out["actual"] = float(actual)
-        return [out]
+        return out
 
 
 @task
