@@ -70,9 +70,12 @@ class Things:
         """Remove one callback from ``topic``, or all of them when ``callback`` is None."""
         self._host.unsubscribe(topic, callback)
 
-    def publish(self, topic: str, payload: Any) -> None:
-        """Publish a JSON-serialisable value or bytes."""
-        self._host.publish(topic, payload)
+    def publish(self, topic: str, payload: Any, qos: int | None = None) -> None:
+        """Publish a JSON-serialisable value or bytes.
+
+        ``qos`` 1 asks the broker to acknowledge (a lossy link delays the message
+        instead of losing it); None uses the engine's ``program_qos`` (default 0)."""
+        self._host.publish(topic, payload, qos)
 
     def now(self) -> float:
         """The program clock: the due time of the event being handled."""

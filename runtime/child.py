@@ -82,7 +82,13 @@ async def _main() -> None:
     def on_status(h: ProgramHost) -> None:
         send("status", status=h.status.value, error=h.error, exit_code=h.exit_code)
 
-    hooks = dict(clock=clock, publish=lambda topic, data: send("publish", data, topic=topic),
+    def publish(topic: str, data: bytes, qos: int | None = None) -> None:
+        if qos is None:  # the engine's default: the frame stays as small as it was
+            send("publish", data, topic=topic)
+        else:
+            send("publish", data, topic=topic, qos=qos)
+
+    hooks = dict(clock=clock, publish=publish,
                  console=lambda text: send("console", text.encode("utf-8")),
                  on_status=on_status,
                  on_subscriptions=lambda h: send("filters", filters=h.filters))

@@ -504,7 +504,8 @@ class CodeEngine:
     def _new_host(self, **kwargs: Any) -> ProgramHost:
         """A program (restored ones paused), in-process or through ``program_factory``."""
         made: list[Any] = []
-        hooks = dict(clock=self.clock, publish=lambda t, d: self._program_publish(made[0], t, d),
+        hooks = dict(clock=self.clock,
+                     publish=lambda t, d, q=None: self._program_publish(made[0], t, d, q),
                      console=lambda text: self._program_console(made[0], text),
                      on_status=self._on_program_status,
                      on_subscriptions=lambda h: self._sync_filters(),
@@ -548,8 +549,9 @@ class CodeEngine:
         self.transport.subscribe(p.program_topic(host.code_name, iid, "cmd"),
                                  lambda msg, h=host: self._on_program_cmd(msg, h), qos=1)
 
-    def _program_publish(self, host: ProgramHost, topic: str, data: bytes) -> None:
-        self._emit(host.instance_id, topic, data, self.program_qos)
+    def _program_publish(self, host: ProgramHost, topic: str, data: bytes,
+                         qos: int | None = None) -> None:
+        self._emit(host.instance_id, topic, data, self.program_qos if qos is None else qos)
 
     def _program_console(self, host: ProgramHost, text: str) -> None:
         line = text[:-1] if text.endswith("\n") else text

@@ -133,7 +133,7 @@ class ProcessProgram:
     def __init__(
         self, *, clock: Any, source: str | None = None, snapshot: dict | None = None,
         code_name: str | None = None, instance_id: str | None = None,
-        publish: Callable[[str, bytes], None] = _noop, console: Callable[[str], None] = _noop,
+        publish: Callable[..., None] = _noop, console: Callable[[str], None] = _noop,
         on_status: Callable[[Any], None] = _noop, on_subscriptions: Callable[[Any], None] = _noop,
         on_event: Any = None, memory_limit_mb: float | None = None,
         max_callback_s: float | None = 30.0, request_timeout: float | None = None,
@@ -366,7 +366,11 @@ class ProcessProgram:
     def _dispatch(self, header: dict, body: bytes) -> None:
         kind = header.get("t")
         if kind == "publish":
-            self._publish(header["topic"], body)
+            qos = header.get("qos")
+            if qos is None:
+                self._publish(header["topic"], body)
+            else:
+                self._publish(header["topic"], body, qos)
         elif kind == "console":
             self._console(body.decode("utf-8", "replace"))
         elif kind == "filters":

@@ -292,13 +292,18 @@ class ProgramHost:
         if self.filters != before:
             self._subscriptions_hook(self)
 
-    def publish(self, topic: str, payload: Any) -> None:
+    def publish(self, topic: str, payload: Any, qos: int | None = None) -> None:
         if type(topic) is not str or not topic or "+" in topic or "#" in topic:
             validate_topic(topic)  # raises the precise error
         if topic == self.fs.command_topic:  # else a program could speak for no program
             raise PermissionError(f"programs reach the file service through things.fs, "
                                   f"not by publishing on {topic!r}")
-        self._publish_hook(topic, encode_payload(payload))
+        if qos is None:
+            self._publish_hook(topic, encode_payload(payload))
+        elif qos == 0 or qos == 1:
+            self._publish_hook(topic, encode_payload(payload), qos)
+        else:
+            raise ValueError(f"qos must be 0, 1 or None (the engine's default), not {qos!r}")
 
     def write_console(self, text: str) -> None:
         self._console_hook(text)

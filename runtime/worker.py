@@ -8,6 +8,7 @@ The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) 
 ``keyfile``, ``insecure``), ``resource_period``, ``on_shutdown`` (``"stop"``, or
 ``"migrate"`` to move every program to another live engine before leaving), ``isolate``
 (one process per program, default true), ``program_memory_limit_mb``, ``max_callback_s``,
+``program_qos`` (0 or 1: the QoS of programs' messages unless a publish names its own),
 ``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be) and
 ``migrate_peers`` (the engine ids this worker accepts migrations from; absent: any engine
 whose snapshots carry the fleet's signature, or, without a ``snapshot_key``, none at all).
@@ -70,6 +71,8 @@ class WorkerConfig:
     state_dir: str | None = None
     fence_s: float = 10.0  # cut off this long: pause programs until ownership is confirmed
     lease_s: float = 30.0  # a prepared (migrating-in) copy not committed by then is dropped
+    #: QoS of programs' publishes and subscriptions unless a publish names its own
+    program_qos: int = 0
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerConfig:
@@ -128,6 +131,8 @@ class WorkerConfig:
         for name in ("resource_period", "program_memory_limit_mb", "max_callback_s"):
             if getattr(self, name) is not None:
                 _positive(fail, name, getattr(self, name), "or null")
+        if self.program_qos not in (0, 1) or isinstance(self.program_qos, bool):
+            raise fail(f"program_qos must be 0 or 1, not {self.program_qos!r}")
         if self.on_shutdown not in ("stop", "migrate"):
             raise fail(f"on_shutdown must be 'stop' or 'migrate', not {self.on_shutdown!r}")
         if not isinstance(self.isolate, bool):
@@ -256,7 +261,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     engine = CodeEngine(transport, clock, engine_id=config.id, device=config.device,
                         memory_limit=config.memory_limit, keepalive=config.keepalive,
                         resource_period=config.resource_period,
-                        request_timeout=config.request_timeout,
+                        request_timeout=config.request_timeout, program_qos=config.program_qos,
                         program_factory=process_factory(config.program_memory_limit_mb,
                                                         config.max_callback_s)
                         if config.isolate else None,

@@ -11,7 +11,8 @@ TOML layout (every key optional unless marked)::
     [cost]     mode = "fixed"         # thingssim.sim.world.CostModel fields
     [dispatcher] profile = "desktop-vm"
     [[boards]]   name = "bbb" (required), profile = "beaglebone-black", count = 1,
-                 resource_period = 1.0, and any BoardProfile field as an override
+                 resource_period = 1.0, program_qos = 0 (QoS of programs' messages),
+                 and any BoardProfile field as an override
     [[programs]] name (required), file (relative to the TOML) or source, board, at = 0.0
     [[actions]]  at, type = run|migrate|pause|resume|kill|spawn, program, to
     [[faults]]   at, type = crash|reboot|link_down|link_up|broker_down|broker_up,
@@ -60,6 +61,7 @@ class BoardSpec:
     profile: str = "raspberry-pi-3"
     count: int = 1
     resource_period: float | None = 1.0
+    program_qos: int = 0
     overrides: dict = field(default_factory=dict)
 
     def names(self) -> list[str]:
@@ -248,7 +250,8 @@ class Scenario:
                   trace=self.trace if trace is None else trace, keepalive=self.keepalive)
         for spec in self.boards:
             for name in spec.names():
-                w.add_board(name, spec.profile, spec.resource_period, **spec.overrides)
+                w.add_board(name, spec.profile, spec.resource_period, spec.program_qos,
+                            **spec.overrides)
         if self.gfs is not None:
             g = self.gfs
             w.add_gfs(g.name, g.profile, grants=[*g.grants, *grants], cost=g.storage_cost(),
@@ -321,7 +324,7 @@ def _profile(where: str, name: Any) -> BoardProfile:
     return PROFILES[name]
 
 
-_BOARD_KEYS = {"name", "profile", "count", "resource_period"}
+_BOARD_KEYS = {"name", "profile", "count", "resource_period", "program_qos"}
 _OVERRIDES = {f.name for f in fields(BoardProfile)} - {"name"}
 
 
@@ -340,13 +343,16 @@ def _board(where: str, item: dict) -> BoardSpec:
     period = item.pop("resource_period", 1.0)
     if period is not None:
         period = _number(where, "resource_period", period, positive=True)
+    qos = item.pop("program_qos", 0)
+    if qos not in (0, 1) or isinstance(qos, bool):
+        raise ScenarioError(f"{where}: program_qos must be 0 or 1, not {qos!r}")
     item.pop("name")
     try:
         base.with_overrides(**item)
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     return BoardSpec(name=name, profile=profile, count=count, resource_period=period,
-                     overrides=item)
+                     program_qos=qos, overrides=item)
 
 
 def _program(where: str, item: dict, base_dir: Path) -> ProgramSpec:

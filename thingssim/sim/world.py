@@ -199,8 +199,9 @@ class Board:
     """One virtual board: profile, CPU cores, access link, engine."""
 
     def __init__(self, world: World, name: str, profile: BoardProfile,
-                 resource_period: float | None = 1.0) -> None:
+                 resource_period: float | None = 1.0, program_qos: int = 0) -> None:
         self.world = world
+        self.program_qos = program_qos
         self.name = name
         self.profile = profile
         self.link = world.network.add_link(name, link_profile(profile))
@@ -228,7 +229,8 @@ class Board:
                                  device=self.profile.name, memory_limit=self.profile.memory_mb,
                                  meter=self.meter, new_id=self.world.id_source(self.name),
                                  resource_period=self.resource_period,
-                                 keepalive=self.world.keepalive, journal=self.journal)
+                                 keepalive=self.world.keepalive, journal=self.journal,
+                                 program_qos=self.program_qos)
         self.engine.start()
         self.up = True
 
@@ -327,12 +329,16 @@ class World:
         return lambda: f"{rng.getrandbits(64):016x}"
 
     def add_board(self, name: str, profile: str | BoardProfile = "raspberry-pi-3",
-                  resource_period: float | None = 1.0, **overrides: Any) -> Board:
+                  resource_period: float | None = 1.0, program_qos: int = 0,
+                  **overrides: Any) -> Board:
+        """A board running an engine; ``overrides`` change its profile's fields (link
+        latency, loss, cores, ...); ``program_qos`` is the engine's default QoS for
+        programs' messages."""
         if name in self.boards:
             raise ValueError(f"board {name!r} already exists")
         base = get_profile(profile) if isinstance(profile, str) else profile
         board = Board(self, name, base.with_overrides(**overrides) if overrides else base,
-                      resource_period)
+                      resource_period, program_qos)
         self.boards[name] = board
         return board
 
