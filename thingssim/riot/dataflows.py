@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping
 from runtime.riot import tasks as riot_tasks
 from runtime.riot.senml import parse_line
 
-from .datasets import DATA_DIR, dataset_name, load_properties, sample_path
+from .datasets import dataset_name, load_properties, resolve_file, sample_path
 
 __all__ = ["FLOWS", "GRANT", "Dataflow", "Stage", "build", "initial_models", "resolve_file"]
 
@@ -243,38 +243,6 @@ _BUILDERS: dict[str, Callable[[str], list[Stage]]] = {
 _SINKS: dict[str, Callable[[str], list[str]]] = {
     "ETL": lambda ds: ["csv_to_senml"], "STATS": lambda ds: ["plot"],
     "TRAIN": lambda ds: ["model_store"], "PRED": lambda ds: ["dt_classify", "residual_error"]}
-
-
-# ------------------------------------------------------------------------------- files
-#: annotation columns RIoTBench's annotated schemas add to the plain ones
-_ANNOTATION_COLUMNS = {"TAXI": ("taxi_company", "drivername", "taxi_city"),
-                       "SYS": ("location", "type"), "FIT": ()}
-
-
-def resolve_file(dataset: str, path: str) -> bytes:
-    """The content of a file RIoTBench's properties name, from the shipped copies.
-
-    The properties hold paths on the authors' machines; the file is found by its name in
-    ``thingssim/riot/data``.  Two are not shipped by RIoTBench and are derived: TAXI's
-    plain schema (``taxi-schema-without-annotation.csv``: the annotated one without its
-    annotation columns) and FIT's annotated schema (FIT has no annotation columns: the
-    plain ``mhealth_schema.csv``).
-    """
-    ds = dataset_name(dataset)
-    name = os.path.basename(path.replace("\\", "/"))
-    local = DATA_DIR / name
-    if local.is_file():
-        return local.read_bytes()
-    if name == "taxi-schema-without-annotation.csv":
-        rows = [line.split(",") for line in
-                (DATA_DIR / "taxi-schema_with_annotation.csv").read_text().splitlines()
-                if line.strip()]
-        keep = [i for i, n in enumerate(rows[0]) if n not in _ANNOTATION_COLUMNS["TAXI"]]
-        return "".join(",".join(r[i] for i in keep) + "\n" for r in rows).encode()
-    if ds == "FIT" and name == "mhealth_schema_with_annoted_fields.csv":
-        return (DATA_DIR / "mhealth_schema.csv").read_bytes()
-    raise FileNotFoundError(f"{path}: RIoTBench's {ds} properties name a file that "
-                            f"thingssim does not ship ({name})")
 
 
 def initial_models(dataset: str, props: Mapping[str, str] | None = None,

@@ -9,6 +9,7 @@ the project runs with no external file.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from runtime.riot.senml import Schema
@@ -190,3 +191,34 @@ def _unescape(text: str) -> str:
             out.append(_ESCAPES.get(nxt, nxt))
             i += 2
     return "".join(out)
+
+
+#: annotation columns RIoTBench's annotated schemas add to the plain ones
+_ANNOTATION_COLUMNS = {"TAXI": ("taxi_company", "drivername", "taxi_city"),
+                       "SYS": ("location", "type"), "FIT": ()}
+
+
+def resolve_file(dataset: str, path: str) -> bytes:
+    """The content of a file RIoTBench's properties name, from the shipped copies.
+
+    The properties hold paths on the authors' machines; the file is found by its name in
+    ``thingssim/riot/data``.  Two are not shipped by RIoTBench and are derived: TAXI's
+    plain schema (``taxi-schema-without-annotation.csv``: the annotated one without its
+    annotation columns) and FIT's annotated schema (FIT has no annotation columns: the
+    plain ``mhealth_schema.csv``).
+    """
+    ds = dataset_name(dataset)
+    name = os.path.basename(path.replace("\\", "/"))
+    local = DATA_DIR / name
+    if local.is_file():
+        return local.read_bytes()
+    if name == "taxi-schema-without-annotation.csv":
+        rows = [line.split(",") for line in
+                (DATA_DIR / "taxi-schema_with_annotation.csv").read_text().splitlines()
+                if line.strip()]
+        keep = [i for i, n in enumerate(rows[0]) if n not in _ANNOTATION_COLUMNS["TAXI"]]
+        return "".join(",".join(r[i] for i in keep) + "\n" for r in rows).encode()
+    if ds == "FIT" and name == "mhealth_schema_with_annoted_fields.csv":
+        return (DATA_DIR / "mhealth_schema.csv").read_bytes()
+    raise FileNotFoundError(f"{path}: RIoTBench's {ds} properties name a file that "
+                            f"thingssim does not ship ({name})")
