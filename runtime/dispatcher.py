@@ -163,11 +163,37 @@ class Dispatcher:
         return self._requester.request(
             p.program_topic(program.code_name, instance_id, "cmd"), ctrl, kwargs or {})
 
-    def run_code(self, engine_id: str, code_name: str, source: str) -> Any:
-        """Start ``source`` on an engine; the result is ``{id, code_name, status, engine}``."""
-        fut = self._engine_request(engine_id, "run_code",
-                                   {"code_name": code_name, "source": source})
+    def run_code(self, engine_id: str, code_name: str, source: str,
+                 instance_id: str | None = None) -> Any:
+        """Start ``source`` on an engine; the result is ``{id, code_name, status, engine}``.
+
+        ``instance_id`` names the instance (else the engine makes one up): a scheduler
+        names its own, so that a run whose reply was lost is recognised, not run twice."""
+        kwargs = {"code_name": code_name, "source": source}
+        if instance_id is not None:
+            kwargs["instance_id"] = instance_id
+        fut = self._engine_request(engine_id, "run_code", kwargs)
         return then(self.clock.create_future, fut, self._learn)
+
+    def recover_code(self, engine_id: str, instance_id: str, code_name: str, epoch: int,
+                     snapshot: dict | None = None, source: str | None = None,
+                     resume: bool = True) -> Any:
+        """Make ``engine_id`` own an instance whose engine died, at owner ``epoch``
+        (higher than any before), from a checkpoint ``snapshot`` or afresh from
+        ``source`` (see ``CodeEngine._cmd_recover_code``)."""
+        kwargs: dict[str, Any] = {"instance_id": instance_id, "code_name": code_name,
+                                  "epoch": epoch, "resume": resume}
+        if snapshot is not None:
+            kwargs["snapshot"] = snapshot
+        else:
+            kwargs["source"] = source
+        fut = self._engine_request(engine_id, "recover_code", kwargs)
+        return then(self.clock.create_future, fut, self._learn)
+
+    def checkpoint_code(self, instance_id: str) -> Any:
+        """A checkpoint of a program: ``{snapshot (signed by its engine's key), epoch,
+        engine, status, bytes}``; the program keeps running."""
+        return self._program_request(instance_id, "snapshot", {"checkpoint": True})
 
     def move_code(self, from_id: str, to_id: str, code_name: str, instance_id: str,
                   timeout: float | None = None) -> Any:

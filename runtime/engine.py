@@ -42,6 +42,9 @@ _REPLY_CACHE = 1000
 _READ_ONLY = frozenset({"report", "snapshot", "migration_status"})  # change no state
 _OUTBOX_MAX = 10_000  # outputs held while cut off, per engine
 _ENDED = (ProgramStatus.EXITED, ProgramStatus.CRASHED)
+#: an engine's status report's ``meta`` names its fence time only when it differs from
+#: this (a scheduler waits the fence time before recovering its programs)
+DEFAULT_FENCE_S = 10.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ class CodeEngine:
         *,
         engine_id: str,
         device: str | None = None,
+        capabilities: list[str] | tuple[str, ...] | frozenset[str] = (),
         memory_limit: float = 1000,
         meter: Meter | None = None,
         new_id: Callable[[], str] | None = None,
@@ -79,13 +83,15 @@ class CodeEngine:
         snapshot_key: bytes | None = None,
         migrate_peers: frozenset[str] | set[str] | list[str] | None = None,
         journal: MemoryJournal | None = None,
-        fence_s: float = 10.0,
+        fence_s: float = DEFAULT_FENCE_S,
         lease_s: float = 30.0,
     ) -> None:
         self.id = p.check_name("engine id", engine_id)
         self.transport = transport
         self.clock = clock
         self.device = device
+        #: named features of the board (``camera``...), for placement constraints
+        self.capabilities = sorted(set(capabilities))
         self.memory_limit = memory_limit
         self.meter: Meter = meter or ProcessMeter(clock)
         self.new_id = new_id or random_ids()
@@ -141,6 +147,7 @@ class CodeEngine:
             "pause_code": self._cmd_pause_code, "resume_code": self._cmd_resume_code,
             "migrate_code": self._cmd_migrate_code, "spawn_code": self._cmd_spawn_code,
             "migration_status": self._cmd_migration_status, "report": self._cmd_report,
+            "recover_code": self._cmd_recover_code,
         }
         self._migrate_cmds: dict[str, Handler] = {
             m.RESTORE: self._cmd_restore_code, m.COMMIT: self._cmd_commit,
@@ -345,7 +352,14 @@ class CodeEngine:
                           "engine": self.id, "epoch": self.epochs.get(iid, 1)}
             if iid in self._busy:
                 procs[iid]["migrating"] = self._busy[iid]
-        return {"id": self.id, "status": self.status, "meta": {"device": self.device},
+        meta: dict[str, Any] = {"device": self.device}
+        # only what differs from the defaults (a report the same bytes as before for an
+        # engine that uses neither: recorded simulations stay byte-identical)
+        if self.capabilities:
+            meta["capabilities"] = self.capabilities
+        if self.fence_s != DEFAULT_FENCE_S:
+            meta["fence_s"] = self.fence_s
+        return {"id": self.id, "status": self.status, "meta": meta,
                 "codes": codes, "procs": procs, "eventName": event,
                 "timestamp": self.clock.now()}
 
@@ -670,6 +684,77 @@ class CodeEngine:
 
         gather(self.clock.create_future, futures).add_done_callback(collected)
         return out
+
+    # ---------------------------------------------------------------- recovery
+    def _cmd_recover_code(self, kwargs: dict) -> dict:
+        """Take over an instance whose engine died: restore its last checkpoint (or start
+        its source afresh) and own it at ``epoch``, which must be higher than any epoch
+        it had before (the scheduler's choice).
+
+        Why this is safe: the retained owner record (``program-owner/<iid>``) now names
+        this engine at the higher epoch, so the old engine, if it was only cut off (it has
+        fenced itself: programs paused, outputs held), reads it on reconnect and drops its
+        stale copy; if it crashed, its copy is gone anyway.  Idempotent: a repeat at the
+        same epoch answers the running copy; a copy here at a lower epoch (this engine is
+        the old owner, come back) is replaced.  ``resume: false`` keeps it paused (an
+        application the user paused).
+        """
+        iid = p.check_name("instance_id", p.require(kwargs, "instance_id"))
+        code_name = p.check_name("code_name", p.require(kwargs, "code_name"))
+        epoch = p.require(kwargs, "epoch", int)
+        if epoch < 1:
+            raise p.ProtocolError(p.BAD_REQUEST, "'epoch' must be a positive integer")
+        doc, source = kwargs.get("snapshot"), kwargs.get("source")
+        if (doc is None) == (source is None) or doc is not None and not isinstance(doc, dict) \
+                or source is not None and not isinstance(source, str):
+            raise p.ProtocolError(p.BAD_REQUEST, "give 'snapshot' (an object) or 'source' "
+                                  "(text), one of them")
+        old = self.programs.get(iid)
+        if old is not None:
+            if iid in self._prepared or iid in self._busy:
+                self._check_idle(old)
+            have = self.epochs.get(iid, 1)
+            if have == epoch:
+                return {**self._describe(old), "restore_s": 0.0, "duplicate": True}
+            if have > epoch:
+                raise p.ProtocolError(p.STALE_EPOCH, f"{iid} is at epoch {have} here, "
+                                      f"newer than {epoch}")
+            self._paused_by_fence.discard(iid)
+            self._drop_outbox(iid)
+            self._remove(old)
+        started = time.perf_counter()
+        nbytes = 0
+        if doc is not None:
+            if self.snapshot_key is not None:
+                try:
+                    document.verify(doc, self.snapshot_key)
+                except RestoreError as exc:
+                    raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
+            program = doc.get("program") if isinstance(doc.get("program"), dict) else {}
+            doc = {**doc, "program": {**program, "instance_id": iid}}
+            nbytes = len(p.encode(doc))
+            try:
+                host = self._new_host(snapshot=doc)
+            except RestoreError as exc:
+                raise p.ProtocolError(p.RESTORE_FAILED, str(exc)) from None
+        else:
+            try:
+                host = self._new_host(source=source, code_name=code_name, instance_id=iid)
+            except SyntaxError as exc:
+                raise p.ProtocolError(p.BAD_PROGRAM, f"{exc.msg} (line {exc.lineno})") \
+                    from None
+        restore_s = self.meter.work("restore", nbytes, time.perf_counter() - started)
+        self._admit(host)
+        self._own(host, epoch)
+        if doc is None:
+            host.start()
+            if kwargs.get("resume") is False:
+                host.pause()
+        elif kwargs.get("resume") is not False:
+            host.resume()
+        self._sync_filters()
+        self._program_report(host, "recover_code")
+        return {**self._describe(host), "restore_s": restore_s, "restored_bytes": nbytes}
 
     # ---------------------------------------------------------------- migration: target
     def _cmd_restore_code(self, kwargs: dict, source: str = "?") -> dict:
@@ -1012,8 +1097,20 @@ class CodeEngine:
                 host.resume()
 
     def _proc_snapshot(self, kwargs: Any, host: ProgramHost) -> dict:
+        """The snapshot (also published on ``<code>/<instance>/snapshots``, as ThingsJS).
+
+        With ``checkpoint: true`` (the scheduler's periodic checkpoints) it is signed
+        with the fleet's key, not published (it may be large and taken every second), and
+        the reply is ``{snapshot, epoch, engine, bytes}``: the epoch says which owner it
+        came from, and ``recover_code`` elsewhere accepts only signed snapshots."""
         self._check_idle(host)
-        doc = self._snapshot(host, isinstance(kwargs, dict) and bool(kwargs.get("pause_after")))
+        kwargs = kwargs if isinstance(kwargs, dict) else {}
+        doc = self._snapshot(host, bool(kwargs.get("pause_after")))
+        if kwargs.get("checkpoint"):
+            signed = self._signed(doc)
+            return {"snapshot": signed, "epoch": self.epochs.get(host.instance_id, 1),
+                    "engine": self.id, "status": host.status.value,
+                    "bytes": len(p.encode(signed))}
         self.transport.publish(p.program_topic(host.code_name, host.instance_id,
                                                "snapshots"), p.encode(doc), qos=0)
         return doc

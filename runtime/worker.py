@@ -53,6 +53,8 @@ class WorkerConfig:
     pubsub_url: str
     id: str
     device: str | None = None
+    #: named features of the board (``["camera"]``), reported for placement constraints
+    capabilities: list[str] | None = None
     memory_limit: float = 1000
     keepalive: float = 10.0
     username: str | None = None
@@ -137,6 +139,10 @@ class WorkerConfig:
             raise fail(f"on_shutdown must be 'stop' or 'migrate', not {self.on_shutdown!r}")
         if not isinstance(self.isolate, bool):
             raise fail(f"isolate must be true or false, not {self.isolate!r}")
+        if self.capabilities is not None and (
+                not isinstance(self.capabilities, list) or
+                not all(isinstance(c, str) and c for c in self.capabilities)):
+            raise fail(f"capabilities must be a list of names, not {self.capabilities!r}")
         if self.migrate_peers is not None:
             if not isinstance(self.migrate_peers, list):
                 raise fail("migrate_peers must be a list of engine ids, not "
@@ -259,6 +265,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     clock = AsyncioClock(loop)
     transport = make_transport(config, loop, config.id)
     engine = CodeEngine(transport, clock, engine_id=config.id, device=config.device,
+                        capabilities=config.capabilities or (),
                         memory_limit=config.memory_limit, keepalive=config.keepalive,
                         resource_period=config.resource_period,
                         request_timeout=config.request_timeout, program_qos=config.program_qos,

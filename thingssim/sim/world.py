@@ -199,9 +199,11 @@ class Board:
     """One virtual board: profile, CPU cores, access link, engine."""
 
     def __init__(self, world: World, name: str, profile: BoardProfile,
-                 resource_period: float | None = 1.0, program_qos: int = 0) -> None:
+                 resource_period: float | None = 1.0, program_qos: int = 0,
+                 capabilities: Iterable[str] = ()) -> None:
         self.world = world
         self.program_qos = program_qos
+        self.capabilities = sorted(set(capabilities))  # named features: camera, gpu...
         self.name = name
         self.profile = profile
         self.link = world.network.add_link(name, link_profile(profile))
@@ -230,7 +232,8 @@ class Board:
                                  meter=self.meter, new_id=self.world.id_source(self.name),
                                  resource_period=self.resource_period,
                                  keepalive=self.world.keepalive, journal=self.journal,
-                                 program_qos=self.program_qos)
+                                 program_qos=self.program_qos,
+                                 capabilities=self.capabilities)
         self.engine.start()
         self.up = True
 
@@ -330,6 +333,7 @@ class World:
 
     def add_board(self, name: str, profile: str | BoardProfile = "raspberry-pi-3",
                   resource_period: float | None = 1.0, program_qos: int = 0,
+                  capabilities: Iterable[str] = (),
                   **overrides: Any) -> Board:
         """A board running an engine; ``overrides`` change its profile's fields (link
         latency, loss, cores, ...); ``program_qos`` is the engine's default QoS for
@@ -338,7 +342,7 @@ class World:
             raise ValueError(f"board {name!r} already exists")
         base = get_profile(profile) if isinstance(profile, str) else profile
         board = Board(self, name, base.with_overrides(**overrides) if overrides else base,
-                      resource_period, program_qos)
+                      resource_period, program_qos, capabilities)
         self.boards[name] = board
         return board
 
