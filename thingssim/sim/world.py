@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from runtime.gfs.storage import Storage
 
     from .gfs import GfsNode, StorageCost
+    from .scheduler import SchedulerNode
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ class World:
         self.actions: list[dict] = []
         self.retired_engines: list[CodeEngine] = []  # engines of boards that crashed
         self.gfs: dict[str, GfsNode] = {}  # GFS nodes by name (World.add_gfs)
+        self.schedulers: dict[str, SchedulerNode] = {}  # World.add_scheduler
 
     def id_source(self, name: str) -> Callable[[], str]:
         """Deterministic ids per client: same seed, same ids."""
@@ -367,6 +369,23 @@ class World:
         node = self.gfs[name] = GfsNode(self, name, profile, storage=storage, grants=grants,
                                         cost=cost, **options)
         return node.service
+
+    def add_scheduler(self, name: str = "scheduler", profile: str = "desktop-vm", *,
+                      store: Any = None, checkpoints: Any = None,
+                      **config: Any) -> SchedulerNode:
+        """A scheduler (:mod:`runtime.scheduler.service`) on a node of its own
+        (``world.schedulers[name]``; its ``scheduler`` is the running process, a new one
+        after a reboot).  Give two nodes the same ``store`` (a
+        :class:`~runtime.scheduler.store.SchedulerStore`) for an active one and a standby.
+        ``config`` is :class:`~runtime.scheduler.service.SchedulerConfig`'s fields."""
+        from .scheduler import SchedulerNode
+
+        if name in self.boards or name in self.gfs or name in self.network.links:
+            raise ValueError(f"node {name!r} already exists")
+        node = self.schedulers[name] = SchedulerNode(self, name, profile, store=store,
+                                                     config=config or None,
+                                                     checkpoints=checkpoints)
+        return node
 
     def at(self, when: float, action: Callable[[], Any]) -> None:
         self.clock.call_at(when, action)
