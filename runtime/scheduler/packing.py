@@ -14,7 +14,7 @@ Standard library only (boards run the runtime with the stdlib and paho).
 
 from __future__ import annotations
 
-from .model import BoardView, Demand, InstanceKey, Placement, Problem, Unplaceable
+from .model import BoardView, Demand, Placement, Problem, Unplaceable
 
 #: slack for float sums (30 instances of 0.1 cores on 3 cores must fit)
 EPS = 1e-9
@@ -55,6 +55,11 @@ class Bins:
         if pool is None:
             pool = self._pools[sig] = [b.id for b in self.boards if eligible(d, b)]
         return pool
+
+    def order(self, demands: list[Demand]) -> list[Demand]:
+        """Most constrained first (fewest eligible boards: a pinned instance before the
+        board it needs fills up), then decreasing memory, CPU, and key."""
+        return sorted(demands, key=lambda d: (len(self.pool(d)), -d.memory_mb, -d.cpu, d.key))
 
     def candidates(self, d: Demand) -> list[str]:
         """Every board ``d`` fits on now, in board-id order."""
@@ -149,12 +154,3 @@ class Bins:
             return Unplaceable(f"{need}: cpu: the most free on an eligible board is "
                                f"{max(self.cpu[best_cpu.id], 0):g} (on {best_cpu.id})")
         return Unplaceable(f"{need}: memory and cpu: no eligible board has both free")
-
-
-def by_size(demands: list[Demand]) -> list[Demand]:
-    """Decreasing memory, then CPU, then key: the classic "decreasing" order."""
-    return sorted(demands, key=lambda d: (-d.memory_mb, -d.cpu, d.key))
-
-
-def demand_index(problem: Problem) -> dict[InstanceKey, Demand]:
-    return {d.key: d for d in problem.demands}

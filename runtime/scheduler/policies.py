@@ -21,16 +21,18 @@ runs, not when this module is imported).
     instance whose board is gone is placed again (ThingsJS dropped it).
 ``first-fit`` / ``best-fit`` / ``worst-fit``
     Instances that run keep their board while it still accepts them (see
-    ``Bins.keep_current``); the others, by decreasing memory then CPU, go to the first
+    ``Bins.keep_current``); the others, most constrained first (fewest eligible boards)
+    then by decreasing memory and CPU, go to the first
     board by id that fits / the board left with the least free memory (then CPU) / the
     board left with the lowest utilisation (larger of its memory and CPU shares: balance
     across boards of different sizes, not ThingsJS's absolute MB).
 ``network-aware``
     Minimises link load (bytes/s crossing boards divided by the link's bandwidth): the
-    chattiest instances first, each to the board where its traffic to already-placed peers
-    costs least (ties: lowest utilisation, then id; an instance with no placed peer goes
-    worst-fit), then passes of single moves that lower the link load while capacities
-    hold (to a peer's board; to any board when links differ).  Ignores ``current``.
+    most constrained, then the chattiest instances first, each to the board where its
+    traffic to already-placed peers costs least (ties: lowest utilisation, then id; one
+    with no placed peer goes worst-fit), then passes of single moves that lower the
+    link load while capacities hold (to a peer's board; to any board when links
+    differ).  Ignores ``current``.
 ``rebalance``
     Starts from ``current`` and moves an instance only when the move pays for itself, on
     the objective ``sum_b u_b**2 + traffic_weight * link_load + move_weight * seconds``
@@ -53,7 +55,7 @@ from typing import Any, Callable
 
 from .metrics import move_seconds
 from .model import Demand, InstanceKey, Placement, Policy, Problem, SchedulerError, Unplaceable
-from .packing import EPS, Bins, by_size
+from .packing import EPS, Bins
 
 
 def _sorted(placement: Placement) -> Placement:
@@ -106,7 +108,7 @@ class _Fit:
 
     def place(self, problem: Problem) -> Placement:
         bins = Bins(problem)
-        for d in by_size(bins.keep_current(problem)):
+        for d in bins.order(bins.keep_current(problem)):
             board = self.choose(bins, d)
             if board is None:
                 raise bins.unplaceable(d)
@@ -212,8 +214,9 @@ class NetworkAware:
         peers = _neighbours(problem)
         cost = _LinkCost(problem)
         volume = {k: sum(w for _, w in v) for k, v in peers.items()}
-        order = sorted(problem.demands,
-                       key=lambda d: (-volume.get(d.key, 0.0), -d.memory_mb, -d.cpu, d.key))
+        order = sorted(problem.demands,  # constrained first, as the fits do; then chatty
+                       key=lambda d: (len(bins.pool(d)), -volume.get(d.key, 0.0),
+                                      -d.memory_mb, -d.cpu, d.key))
         where = bins.placement
         for d in order:
             boards = bins.candidates(d)
@@ -284,7 +287,7 @@ class Rebalance:
 
     def place(self, problem: Problem) -> Placement:
         bins = Bins(problem)
-        for d in by_size(bins.keep_current(problem)):
+        for d in bins.order(bins.keep_current(problem)):
             board = _least_loaded(bins, d, bins.candidates(d))
             if board is None:
                 raise bins.unplaceable(d)
