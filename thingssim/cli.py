@@ -839,6 +839,7 @@ def _register_plugins() -> None:
     """Commands that live next to what they drive."""
     from .broker import broker_command
     from .calibrate import calibrate_command
+    from .experiment.cli import experiment_command, report_command
     from .lab import lab_group
     from .riot.cli import riot_command
 
@@ -846,9 +847,144 @@ def _register_plugins() -> None:
     main.add_command(broker_command, "broker")
     main.add_command(lab_group, "lab")
     main.add_command(riot_command, "riot")
+    main.add_command(experiment_command, "experiment")
+    main.add_command(report_command, "report")
 
 
 _register_plugins()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ---------------------------------------------------------------- the scheduler
+@main.command("scheduler")
+@click.argument("url", callback=_broker_url)
+@click.option("--db", type=click.Path(path_type=Path), required=True,
+              help="The SQLite file (created if missing); a standby shares it.")
+@click.option("--id", "scheduler_id", default="things-scheduler", show_default=True,
+              callback=_name, help="Scheduler id: commands arrive on <id>/cmd.")
+@click.option("--policy", default="best-fit", show_default=True,
+              help="Placement policy (thingsjs, first-fit, best-fit, worst-fit, "
+                   "network-aware, rebalance, exact).")
+@click.option("--rebalance-policy", default=None,
+              help="Policy for cycles after a board joins or is overloaded.")
+@click.option("--checkpoint-s", type=FiniteFloat(min=0), default=1.0, show_default=True,
+              help="Checkpoint every running program this often (0: never).")
+@click.option("--fence-margin-s", type=FiniteFloat(min=0), default=1.0, show_default=True,
+              help="Waited on top of a dead engine's fence time before recovering.")
+@click.option("--period-s", type=FiniteFloat(min=0, min_open=True), default=10.0,
+              show_default=True)
+@click.option("--lease-s", type=FiniteFloat(min=0, min_open=True), default=6.0,
+              show_default=True, help="The active scheduler's lease in the store.")
+@click.option("--gfs", "gfs_id", default=None, metavar="ID",
+              help="Keep checkpoints in this GFS service's /checkpoints instead.")
+@click.option("--standby", is_flag=True,
+              help="Expect to start as a standby (the lease decides in any case).")
+@_auth
+@click.option("-v", "--verbose", is_flag=True)
+def scheduler_cmd(url: str, db: Path, scheduler_id: str, policy: str,
+                  rebalance_policy: str | None, checkpoint_s: float, fence_margin_s: float,
+                  period_s: float, lease_s: float, gfs_id: str | None, standby: bool,
+                  username: str | None, password: str | None, verbose: bool) -> None:
+    """Run the scheduler on broker URL until Ctrl-C or SIGTERM."""
+    from runtime.scheduler import server
+
+    config = server.ServerConfig(broker=url, db=str(db), id=scheduler_id, policy=policy,
+                                 rebalance_policy=rebalance_policy, checkpoint_s=checkpoint_s,
+                                 fence_margin_s=fence_margin_s, period_s=period_s,
+                                 lease_s=lease_s, standby=standby, gfs=gfs_id,
+                                 username=username, password=password)
+    sys.exit(server.run(config, verbose))
+
+
+def _render_app(app: dict) -> str:
+    lines = [f"{app['token']}  {app['name']}  {app['status']}" +
+             (f"  ({app['reason']})" if app.get("reason") else "")]
+    for _key, inst in sorted((app.get("instances") or {}).items()):
+        lines.append(f"  {inst['id']:<32} {inst.get('engine') or '-':<16} {inst['status']}")
+    for failure in app.get("failed") or ():
+        lines.append(f"  failed: {failure}")
+    return "\n".join(lines)
+
+
+@main.command("schedule")
+@click.argument("url", callback=_broker_url)
+@click.argument("action", type=click.Choice(["submit", "pause", "resume", "kill", "status"]))
+@click.argument("arg", required=False)
+@click.option("--id", "scheduler_id", default="things-scheduler", show_default=True,
+              callback=_name)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=30.0,
+              show_default=True)
+@_auth
+def schedule(url: str, action: str, arg: str | None, scheduler_id: str, as_json: bool,
+             timeout: float, username: str | None, password: str | None) -> None:
+    """Talk to the scheduler on broker URL.
+
+    \b
+    submit APP.toml | pause TOKEN | resume TOKEN | kill TOKEN | status [TOKEN]
+    """
+    import asyncio
+    import json
+    import uuid
+
+    from runtime.rpc import RemoteError, RequestTimeout
+    from runtime.scheduler.model import SchedulerError
+
+    if action != "status" and not arg:
+        raise click.UsageError(f"{action} needs {'APP.toml' if action == 'submit' else 'TOKEN'}")
+    app = None
+    if action == "submit":
+        from runtime.scheduler.appfile import load_application
+
+        try:
+            app = load_application(arg)
+        except (SchedulerError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    async def go() -> object:
+        from runtime.clock import AsyncioClock
+        from runtime.mqtt import MqttTransport
+        from runtime.scheduler.client import SchedulerClient
+
+        loop = asyncio.get_running_loop()
+        client_id = f"schedule-{uuid.uuid4().hex[:8]}"
+        transport = MqttTransport(url, client_id=client_id, loop=loop, username=username,
+                                  password=password, io="asyncio")
+        client = SchedulerClient(transport, AsyncioClock(loop), scheduler_id, timeout,
+                                 client_id=client_id)
+        transport.connect()
+        for _ in range(100):
+            if transport.connected:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise OSError(f"cannot connect to {url}")
+        try:
+            if action == "submit":
+                return await client.submit(app)
+            if action == "status":
+                return await client.status(arg)
+            return await getattr(client, action)(arg)
+        finally:
+            transport.close()
+
+    try:
+        result = asyncio.run(go())
+    except RemoteError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    except RequestTimeout:
+        raise click.ClickException(f"no answer from scheduler {scheduler_id!r} within "
+                                   f"{timeout:g} s (is it running?)") from None
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    elif action == "status" and not arg:
+        click.echo(f"scheduler {result['id']}: {result['holder']} {result['role']} "
+                   f"(term {result['term']}), {len(result.get('engines', {}))} engines")
+        for token in sorted(result["apps"]):
+            click.echo(_render_app(result["apps"][token]))
+    else:
+        click.echo(_render_app(result))
