@@ -71,7 +71,7 @@ def experiment_command(name: str, quick: bool, preset: Optional[str],
         return
     from tabulate import tabulate
 
-    from .runner import Backend, run
+    from .runner import Backend, TrialError, run
 
     if quick and preset not in (None, "quick"):
         raise click.BadParameter("--quick and --preset disagree", param_hint="--quick")
@@ -88,8 +88,11 @@ def experiment_command(name: str, quick: bool, preset: Optional[str],
     backend = Backend.choose(jobs, dask_address)
     command = shlex.join(["thingssim", "experiment", *sys.argv[2:]]) \
         if sys.argv[1:2] == ["experiment"] else ""
-    outcome = run(exp, out, preset=preset, seeds=seeds, backend=backend,
-                  progress=progress, command=command)
+    try:
+        outcome = run(exp, out, preset=preset, seeds=seeds, backend=backend,
+                      progress=progress, command=command)
+    except TrialError as exc:  # the trial's traceback is above, from the worker
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{exp.title} ({preset}, {outcome.trials['seed'].nunique()} seeds, "
                f"{backend.kind}):")
     click.echo(tabulate(exp.headline(outcome.summary), headers="keys", showindex=False,

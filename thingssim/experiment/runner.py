@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,10 @@ class Outcome:
     wall_s: float = 0.0
 
 
+class TrialError(RuntimeError):
+    """A trial raised: the message names the experiment, the point and the seed."""
+
+
 def run_trial(name: str, point: Point, seed: int) -> tuple[list[dict[str, Any]], float]:
     """One trial, as a worker runs it: the rows (the point's keys and the seed first)
     and its wall time.  Module-level and importable, so joblib and Dask ship it by
@@ -82,7 +87,8 @@ def run_trial(name: str, point: Point, seed: int) -> tuple[list[dict[str, Any]],
         rows = experiment.trial(dict(point), seed)
     except Exception as exc:
         key = {k: point[k] for k in experiment.keys}
-        raise RuntimeError(f"{name}: trial {key} seed {seed} failed: "
+        traceback.print_exc()
+        raise TrialError(f"{name}: trial {key} seed {seed} failed: "
                            f"{type(exc).__name__}: {exc}") from exc
     seconds = time.perf_counter() - started
     if isinstance(rows, pd.DataFrame):

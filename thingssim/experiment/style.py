@@ -59,6 +59,12 @@ def style() -> Iterator[None]:
 
 def save(fig: Any, stem: Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` (no dates, no software version) and close."""
+    from matplotlib.ticker import NullFormatter
+
+    for ax in fig.axes:  # a log axis spanning less than a decade labels its minor ticks
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_minor_formatter(NullFormatter())
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(paths[0], metadata={"Software": None})
     fig.savefig(paths[1], metadata={"Creator": None, "Producer": None,
@@ -81,9 +87,14 @@ def value_ticks(ax: Any, values: Any, axis: str = "x") -> None:
 
 
 def legend_below(fig: Any, ncol: int = 4) -> None:
-    """The figure's legend under everything (bars fill the whole plot area); needs a
-    figure made with ``layout="constrained"``."""
-    fig.legend(loc="outside lower center", ncol=ncol, frameon=False)
+    """One legend for the whole figure, under everything (bars fill the plot areas),
+    each label once however many panels use it; needs ``layout="constrained"``."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
+               frameon=False)
 
 
 def ci_note(n: int | str) -> str:
