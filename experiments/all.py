@@ -109,6 +109,10 @@ EXPERIMENTS = [
                "python experiments/riotbench.py --seed 1 --out results/riotbench",
                deterministic=("riotbench/sim_peak.csv", "riotbench/sim_trials.csv",
                               "riotbench/sim_peak.png")),
+    Experiment("scheduling",
+               "python experiments/scheduling.py --seed 1 --out results/scheduling",
+               measured=("scheduling/policies.csv", "scheduling/policies.png",
+                         "scheduling/policies.pdf")),
     Experiment("riotbench_real",
                "python experiments/riotbench_real.py --seed 1 --out results/riotbench",
                measured=tuple(f"riotbench/{f}" for f in (
