@@ -25,6 +25,10 @@ search) and ``sim_peak.png``; prints the table and its run time.
 Real workers: :func:`find_peak` takes any ``trial(rate) -> bool``; the real-worker
 measurement (against a raw-paho pipeline) plugs in a trial built on
 :func:`thingssim.riot.run.run_real` and :func:`sustainable` (see :func:`real_trial`).
+
+The module also declares experiment E3 (``thingssim experiment riotbench``, see
+``EXPERIMENT`` at the end): each dataflow and board mix at a fixed fraction of the peak
+found here, with and without a stage migrated mid-run, over several seeds.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from thingssim.riot.dataflows import FLOWS  # noqa: E402
+from thingssim.experiment import Experiment, grid  # noqa: E402
+from thingssim.experiment.stats import wide  # noqa: E402
+from thingssim.experiment.style import PALETTE, ci_note, legend_below, save, style  # noqa: E402
+from thingssim.riot.dataflows import FLOWS, build  # noqa: E402
 from thingssim.riot.run import RunResult, RunSpec, default_world, run_real, run_sim  # noqa: E402
 
 #: board mixes: name -> (board name prefix, profile, count)
@@ -193,6 +200,147 @@ def main(argv: list[str] | None = None) -> int:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"riotbench: {time.perf_counter() - started:.1f} s")
     return 0
+
+
+# --------------------------------------------------- E3: thingssim experiment riotbench
+#: the peak input rates (msg/s) this script found with ``--seed 1`` (results/riotbench/
+#: sim_peak.csv): E3 runs each dataflow at a fraction (``load``) of its mix's peak
+SIM_PEAK = {("ETL", "beaglebone"): 29.0, ("STATS", "beaglebone"): 34.0,
+            ("TRAIN", "beaglebone"): 148.0, ("PRED", "beaglebone"): 116.0,
+            ("ETL", "pi-zero"): 20.0, ("STATS", "pi-zero"): 24.0,
+            ("TRAIN", "pi-zero"): 74.0, ("PRED", "pi-zero"): 80.0}
+#: the stage each dataflow migrates mid-run: a stateful one (a join window, a regression
+#: window, a training set, a model)
+MIGRATED_STAGE = {"ETL": "join", "STATS": "sliding_linear_regression", "TRAIN": "dt_train",
+                  "PRED": "dt_classify"}
+E3_KEYS = ("flow", "mix", "load", "migrate")
+E3_METRICS = ("rate", "throughput", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+              "latency_max_ms", "jitter", "lost", "drain_s", "migration_ms")
+
+
+def e3_trial(point: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """One run of ``point``'s dataflow on a fresh world of its mix at ``load`` x its
+    peak; with ``migrate``, its stateful stage moves to the next board halfway through
+    the input (round-robin placement: program k runs on board k mod n)."""
+    flow, mix, duration = point["flow"], point["mix"], float(point["duration"])
+    rate = round(point["load"] * SIM_PEAK[(flow, mix)], 3)
+    world = default_world(seed, boards=MIXES[mix])
+    actions = []
+    if point["migrate"]:
+        engines = sorted(world.boards)
+        k = build(flow).names.index(MIGRATED_STAGE[flow])
+        actions.append({"at": duration / 2, "type": "migrate", "stage": MIGRATED_STAGE[flow],
+                        "to": engines[(k + 1) % len(engines)]})
+    spec = RunSpec(flow=flow, rate=rate, duration=duration, seed=seed,
+                   run_id=f"{flow.lower()}-{mix}-e3", drain_s=duration, actions=actions)
+    result = run_sim(spec, world)
+    if result.measurement.summary.empty:
+        raise RuntimeError(f"{flow} on {mix}: no measurement")
+    s = result.measurement.summary.iloc[0]
+    row = {"rate": rate, **{k: s[k] for k in ("sent", "received", "lost", "input_rate",
+                                               "throughput", "latency_p50_ms",
+                                               "latency_p95_ms", "latency_p99_ms",
+                                               "latency_max_ms", "jitter", "drain_s",
+                                               "complete")}}
+    moved = [a for a in result.actions.to_dict("records") if a.get("type") == "migrate"] \
+        if len(result.actions) else []
+    row["migration_ok"] = bool(moved and moved[0].get("ok")) if point["migrate"] else None
+    total = moved[0].get("total_s") if moved else None
+    row["migration_ms"] = total * 1e3 if total is not None else None
+    return [row]
+
+
+def _grouped(ax: Any, mean: pd.DataFrame, ci: pd.DataFrame, metric: str) -> None:
+    """Bars per dataflow: each mix without and with the migration."""
+    flows = [f for f in FLOWS if f in set(mean["flow"])]
+    x = np.arange(len(flows))
+    series = [(mix, moved) for mix in dict.fromkeys(mean["mix"]) for moved in (False, True)]
+    width = 0.8 / len(series)
+    for k, (mix, moved) in enumerate(series):
+        pick = (mean["mix"] == mix) & (mean["migrate"] == moved)
+        values = mean[pick].set_index("flow").reindex(flows)[metric]
+        errors = ci[pick].set_index("flow").reindex(flows)[metric]
+        colour = PALETTE[(k // 2) * 2 + (1 if moved else 0)]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, yerr=errors,
+               color=colour, label=f"{mix}, {'stage migrated' if moved else 'no migration'}")
+    ax.set_xticks(x, flows)
+
+
+def e3_figures(trials: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+    mean, ci = wide(summary, E3_KEYS), wide(summary, E3_KEYS, "ci95")
+    n = int(summary["n"].max()) if len(summary) else 0
+    loads = ", ".join(f"{v:g}" for v in sorted(set(mean["load"])))
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), layout="constrained")
+        for ax, metric, label in ((axes[0], "latency_p50_ms", "median latency (ms)"),
+                                  (axes[1], "latency_p95_ms", "p95 latency (ms)"),
+                                  (axes[2], "latency_max_ms", "maximum latency (ms)")):
+            _grouped(ax, mean, ci, metric)
+            ax.set(yscale="log", ylabel=label)
+        fig.suptitle(f"RIoTBench (TAXI) in simulation at {loads} x each mix's peak rate "
+                     f"({ci_note(n)})", fontsize=10)
+        legend_below(fig)
+        files = save(fig, out / "fig_latency")
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
+        ratio = mean.assign(out_per_in=mean["throughput"] / mean["rate"])
+        _grouped(axes[0], ratio, ci.assign(out_per_in=np.nan), "out_per_in")
+        axes[0].set_ylabel("output rate / input rate")
+        _grouped(axes[1], mean, ci, "jitter")
+        axes[1].set_ylabel("RIoTBench jitter (normalised)")
+        fig.suptitle(f"Throughput and jitter ({ci_note(n)})", fontsize=10)
+        legend_below(fig, ncol=2)
+        files += save(fig, out / "fig_throughput")
+    return files
+
+
+def e3_headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per dataflow and mix: the rate, then median and p95 latency and the maximum,
+    without and with the migration, and the migration's duration."""
+    mean = wide(summary, E3_KEYS)
+    rows = []
+    for (flow, mix, load), group in mean.groupby(["flow", "mix", "load"], sort=False):
+        plain = group[~group["migrate"].astype(bool)]
+        moved = group[group["migrate"].astype(bool)]
+        if plain.empty or moved.empty:
+            continue
+        p, m = plain.iloc[0], moved.iloc[0]
+        rows.append({"flow": flow, "mix": mix, "load": load, "rate (msg/s)": p["rate"],
+                     "throughput (msg/s)": p["throughput"],
+                     "p50 (ms)": p["latency_p50_ms"], "p95 (ms)": p["latency_p95_ms"],
+                     "max (ms)": p["latency_max_ms"],
+                     "p95 migrated (ms)": m["latency_p95_ms"],
+                     "max migrated (ms)": m["latency_max_ms"],
+                     "migration (ms)": m["migration_ms"]})
+    return pd.DataFrame(rows)
+
+
+EXPERIMENT = Experiment(
+    name="riotbench",
+    title="RIoTBench dataflows in simulation, with and without a stage migration",
+    description=(
+        "Each RIoTBench dataflow (TAXI data) on four BeagleBone Blacks and on four Pi "
+        "Zeros (programs placed round robin, a file-system node), fed at `load` times the "
+        "peak rate `python experiments/riotbench.py` found for that mix, for `duration` "
+        "seconds: throughput, latency percentiles (source to sink), RIoTBench's jitter, "
+        "tuples lost (QoS 0 on the Pi Zero's lossy Wi-Fi) and drain time; with `migrate`, "
+        "the dataflow's stateful stage (ETL's join, STATS' sliding regression, TRAIN's "
+        "decision-tree trainer, PRED's classifier) moves to the next board halfway "
+        "through. Deterministic (the simulator's fixed cost model)."),
+    params={"flow": list(FLOWS), "mix": list(MIXES), "load": [0.5], "migrate": [False, True],
+            "duration": 20.0},
+    seeds=range(1, 6),
+    presets={"quick": {"flow": ["ETL", "PRED"], "mix": ["beaglebone"], "duration": 10.0,
+                       "seeds": range(1, 4)},
+             "tiny": {"flow": ["ETL"], "mix": ["beaglebone"], "duration": 5.0,
+                      "seeds": range(1, 3)}},
+    keys=E3_KEYS,
+    metrics=E3_METRICS,
+    design=lambda params: grid(params, ["flow", "mix", "load", "migrate"]),
+    trial=e3_trial,
+    figures=e3_figures,
+    headline=e3_headline,
+    deterministic=True,
+)
 
 
 if __name__ == "__main__":

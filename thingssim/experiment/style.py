@@ -59,18 +59,29 @@ def style() -> Iterator[None]:
 
 def save(fig: Any, stem: Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` (no dates, no software version) and close."""
-    from matplotlib.ticker import NullFormatter
-
-    for ax in fig.axes:  # a log axis spanning less than a decade labels its minor ticks
+    for ax in fig.axes:
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
-                axis.set_minor_formatter(NullFormatter())
+                _plain_log(axis)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(paths[0], metadata={"Software": None})
     fig.savefig(paths[1], metadata={"Creator": None, "Producer": None,
                                     "CreationDate": None})
     plt.close(fig)
     return paths
+
+
+def _plain_log(axis: Any) -> None:
+    """Log axes labelled 1, 2, 5, 10, 20... in plain numbers: matplotlib's default
+    labels powers of ten only (none at all on an axis spanning less than a decade) or,
+    on short axes, every minor tick in scientific notation."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    if isinstance(axis.get_major_locator(), FixedLocator):  # value_ticks chose them
+        return
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def value_ticks(ax: Any, values: Any, axis: str = "x") -> None:
