@@ -3,7 +3,7 @@
     thingssim experiment migration --out results/migration          # default: 10 seeds
     thingssim experiment migration --quick                          # about 10 s
 
-One trial is one migration in a fresh simulated world (``thingssim.sim.World``): a source
+One trial is one migration in a fresh simulated world (`thingssim.sim.World`): a source
 and a target board of the point's profiles, both access links set to the point's
 bandwidth and one-way latency (the profiles keep their jitter and loss: a Pi Zero's
 Wi-Fi loses 0.2% of packets), the real CodeEngines and Dispatcher, and the program
@@ -11,7 +11,7 @@ started on the source; after it has run a while (plus a seeded offset of up to o
 tick, so seeds also move the snapshot point), the dispatcher moves it.  The engines
 measure the phases: snapshot (on the source's CPU), transfer (the snapshot over the two
 links and the broker), restore (on the target's CPU), commit (the fenced hand-over), and
-``total`` is their sum.  CPU costs come from the simulator's fixed cost model (a snapshot
+`total` is their sum.  CPU costs come from the simulator's fixed cost model (a snapshot
 or restore costs so much per byte, divided by the board's speed), so everything is a
 function of the seed: the CSVs are the same bytes on every run.  Those costs are not yet
 fitted to the lab (issue 13's E6): read absolute CPU phases as the model's, and the
@@ -261,7 +261,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 EXPERIMENT = Experiment(
     name="migration",
     title="Migration latency in simulation, by phase",
-    description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+    description="\n\n".join(__doc__.split("\n\n")[2:4]),
     params=PARAMS,
     seeds=range(1, 11),
     presets={

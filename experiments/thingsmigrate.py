@@ -296,7 +296,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 EXPERIMENT = Experiment(
     name="thingsmigrate",
     title="The ThingsMigrate table: run-time and memory overhead, snapshots",
-    description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+    description="\n\n".join(__doc__.split("\n\n")[2:4]),
     params={"program": corpus_names(), "rounds": 5},
     seeds=range(1, 11),
     presets={"quick": {"program": ["counter", "factorial", "navier_stokes", "splay"],
