@@ -396,8 +396,14 @@ class Dispatcher:
         status = record.get("status")
         if status is None and self._is_dead(engine_id) and engine_id in self.engines:
             status = "Unreachable"
-        if status is None and program.status == "unknown":
-            status = "Running"  # until its engine's report says more
+        epoch = record.get("epoch")
+        newer = isinstance(epoch, int) and epoch > program.epoch
+        if status is None and (program.status == "unknown" or
+                               newer and program.status in ("Lost", "Unreachable")):
+            # until its engine's report says more (a newer owner of a lost program, e.g.
+            # a scheduler's recovery, brings it back: its report at that epoch would
+            # otherwise be taken for the lost copy's)
+            status = "Running"
         if self._update(program, engine_id, status, record.get("epoch")):
             self._emit("program-monitor-update", program)
 
