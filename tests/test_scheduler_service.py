@@ -201,3 +201,18 @@ def test_every_request_is_answered_even_malformed_ones() -> None:
         with pytest.raises(RemoteError) as info:
             lab.wait(lab.client.request(ctrl, kwargs))
         assert info.value.code == code
+
+
+def test_a_scenario_with_a_scheduler_writes_scheduler_csv(tmp_path) -> None:
+    from pathlib import Path
+
+    from thingssim.sim.scenario import Scenario
+
+    path = Path(__file__).parent.parent / "experiments" / "scenarios" / \
+        "scheduler_recovery.toml"
+    results = Scenario.from_toml(path).run()
+    frame = results.scheduler
+    recovered = frame[(frame.kind == "recover") & (frame.ok == True)]  # noqa: E712
+    assert len(recovered) >= 1
+    assert "scheduler.csv" in [p.name for p in results.save(tmp_path)]
+    assert not any(status == "Lost" for status in results.programs.status)

@@ -203,6 +203,7 @@ class Scheduler:
         self._timers: dict[str, Any] = {}
         self._died: dict[str, float] = {}  # engine -> when we learnt it died
         self._engine_status: dict[str, str] = {}
+        self._fences: dict[str, float] = {}  # engine -> its fence_s (from its reports)
         self._hot: dict[str, int] = {}  # engine -> overloaded reports in a row
         self._last_rebalance = -1e18
         self._checkpointing: set[str] = set()
@@ -387,6 +388,12 @@ class Scheduler:
     def _on_engine_update(self, engine: Any) -> None:
         was = self._engine_status.get(engine.id)
         self._engine_status[engine.id] = engine.status
+        if engine.status != "dead":  # a will carries no meta: keep what the engine said
+            try:
+                self._fences[engine.id] = float((engine.meta or {}).get("fence_s",
+                                                                         DEFAULT_FENCE_S))
+            except (TypeError, ValueError):
+                self._fences[engine.id] = DEFAULT_FENCE_S
         if engine.status == "dead":
             self._died.setdefault(engine.id, self.clock.now())
             return
@@ -422,12 +429,9 @@ class Scheduler:
             self._hot.pop(engine, None)
 
     def _fence_of(self, engine_id: str) -> float:
-        engine = self.dispatcher.engines.get(engine_id)
-        meta = engine.meta if engine is not None else {}
-        try:
-            return float(meta.get("fence_s", DEFAULT_FENCE_S))
-        except (TypeError, ValueError):
-            return DEFAULT_FENCE_S
+        """The engine's fence time, as its last report before it died said (unknown: the
+        engines' default)."""
+        return self._fences.get(engine_id, DEFAULT_FENCE_S)
 
     # ================================================================ the job queue
     def _run_job(self, job: tuple[str, Any]) -> None:

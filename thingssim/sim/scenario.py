@@ -131,6 +131,10 @@ class Scenario:
     dispatcher: dict = field(default_factory=dict)
     trace: bool = True
     gfs: GfsSpec | None = None
+    #: ``[scheduler]``: SchedulerConfig's fields plus ``name`` and ``profile``
+    scheduler: dict | None = None
+    #: ``[[applications]]``: (submit time, the application's document, programs inline)
+    applications: list[tuple[float, dict]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -159,7 +163,8 @@ class Scenario:
         if not isinstance(data, dict):
             raise ScenarioError("a scenario must be a table (a dict)")
         top = {"name", "seed", "duration", "keepalive", "broker", "cost", "dispatcher",
-               "boards", "programs", "actions", "faults", "trace", "gfs"}
+               "boards", "programs", "actions", "faults", "trace", "gfs", "scheduler",
+               "applications"}
         _no_unknown("scenario", data, top)
         if "duration" not in data:
             raise ScenarioError("scenario needs a 'duration' (simulated seconds)")
@@ -193,10 +198,16 @@ class Scenario:
                    for where, item in _entries(data, "actions")]
         faults = [FaultSpec(**_fault(where, item)) for where, item in _entries(data, "faults")]
         gfs = _gfs(data["gfs"], base_dir) if "gfs" in data else None
+        scheduler = _scheduler(data) if "scheduler" in data else None
+        applications = [_application(where, item, base_dir)
+                        for where, item in _entries(data, "applications")]
+        if applications and scheduler is None:
+            raise ScenarioError("[[applications]] need a [scheduler] table to run them")
         scenario = cls(duration=duration, boards=boards, programs=programs,
                        actions=actions, faults=faults, seed=seed, name=name,
                        keepalive=keepalive, broker=broker, cost=cost,
-                       dispatcher=dispatcher, trace=trace, gfs=gfs)
+                       dispatcher=dispatcher, trace=trace, gfs=gfs, scheduler=scheduler,
+                       applications=applications)
         scenario.validate()
         return scenario
 
@@ -210,6 +221,8 @@ class Scenario:
                 raise ScenarioError(f"[gfs]: name {self.gfs.name!r} is taken by a board or "
                                     "the dispatcher")
             nodes.append(self.gfs.name)
+        if self.scheduler is not None:
+            nodes.append(self.scheduler.get("name", "scheduler"))
         programs = {p.name for p in self.programs}
         for prog in self.programs:
             if prog.board not in names:
@@ -485,6 +498,47 @@ def _gfs(table: Any, base_dir: Path) -> GfsSpec:
                    cost=cost, overrides=link, files=preload)
 
 
+def _scheduler(data: dict) -> dict:
+    """The ``[scheduler]`` table: SchedulerConfig's fields, ``name`` and ``profile``."""
+    from runtime.scheduler.service import SchedulerConfig
+
+    known = {f.name for f in fields(SchedulerConfig)} | {"name", "profile"}
+    table = _table(data, "scheduler", known)
+    if "profile" in table:
+        _profile("[scheduler]", table["profile"])
+    try:
+        SchedulerConfig(**{k: v for k, v in table.items()
+                           if k not in ("name", "profile")}).check()
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"[scheduler]: {exc}") from None
+    return table
+
+
+def _application(where: str, item: dict, base_dir: Path) -> tuple[float, dict]:
+    """One ``[[applications]]`` entry: ``file = "app.toml"`` (relative to the scenario) or
+    the application inline (``name``, ``components``, ``flows``), and ``at`` (default 1 s)."""
+    from runtime.scheduler.appfile import (
+        application_from_dict,
+        application_to_dict,
+        load_application,
+    )
+    from runtime.scheduler.model import SchedulerError
+
+    item = dict(item)
+    at = _number(where, "at", item.pop("at", 1.0))
+    try:
+        if "file" in item:
+            if set(item) != {"file"}:
+                raise ScenarioError(f"{where}: give 'file' or the application inline, "
+                                    "not both")
+            app = load_application(base_dir / _string(where, "file", item["file"]))
+        else:
+            app = application_from_dict(item, base=base_dir, origin=where)
+    except (SchedulerError, OSError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    return at, application_to_dict(app)
+
+
 #: the tables a run writes, as ``<name>.csv`` (``Results.save``); a scenario with a
 #: ``[gfs]`` table also writes ``gfs.csv``
 CSV_NAMES = ("messages", "migrations", "programs", "boards", "actions", "faults")
@@ -502,6 +556,9 @@ class Results:
     faults: pd.DataFrame
     stats: dict
     gfs: pd.DataFrame | None = None  # one row per GFS request (scenarios with [gfs])
+    #: one row per scheduler event (scenarios with [scheduler]): placements, actions,
+    #: recoveries with their timings (thingssim.sim.scheduler.COLUMNS)
+    scheduler: pd.DataFrame | None = None
 
     def save(self, out: str | Path) -> list[Path]:
         """Write the six CSVs into ``out`` (and ``gfs.csv`` if the world had a GFS).  They
@@ -511,7 +568,8 @@ class Results:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in CSV_NAMES + (("gfs",) if self.gfs is not None else ()):
+        for name in CSV_NAMES + (("gfs",) if self.gfs is not None else ()) + \
+                (("scheduler",) if self.scheduler is not None else ()):
             path = out / f"{name}.csv"
             getattr(self, name).to_csv(path, index=False, float_format="%.9g",
                                        lineterminator="\n")
@@ -526,7 +584,8 @@ class Results:
 def apply_fault(w: World, kind: str, board: str | None) -> None:
     """A scenario fault now: ``crash``/``reboot`` of a board or the GFS node, ``link_down``/
     ``link_up`` of its link, ``broker_down``/``broker_up``."""
-    node: Any = w.boards.get(board) or w.gfs.get(board)  # a board, or the GFS node
+    # a board, the GFS node or a scheduler node
+    node: Any = w.boards.get(board) or w.gfs.get(board) or w.schedulers.get(board)
     if kind == "crash":
         node.crash()
     elif kind == "reboot":
@@ -549,6 +608,8 @@ class _Runner:
     def run(self, on_progress: Callable[[float], None] | None) -> Results:
         w, s = self.world, self.s
         w.add_dispatcher(**s.dispatcher)
+        if s.scheduler is not None:
+            self._start_scheduler()
         for prog in s.programs:
             w.at(prog.at, lambda prog=prog: self._act("run", prog.name, prog.board, prog))
         for action in s.actions:
@@ -556,6 +617,20 @@ class _Runner:
         s.schedule_faults(w)
         w.run(s.duration, on_progress)
         return self._results()
+
+    def _start_scheduler(self) -> None:
+        """The [scheduler] node, and each application submitted at its time by a client
+        on the dispatcher's node (replies and refusals in scheduler.csv)."""
+        from runtime.scheduler.client import SchedulerClient
+
+        w, spec = self.world, dict(self.s.scheduler or {})
+        name, profile = spec.pop("name", "scheduler"), spec.pop("profile", "desktop-vm")
+        w.add_scheduler(name, profile, **spec)
+        client = SchedulerClient(w.dispatcher.transport, w.clock,
+                                 spec.get("id", "things-scheduler"), timeout=120.0,
+                                 client_id=f"{w.dispatcher.id}-apps")
+        for i, (at, doc) in enumerate(self.s.applications):
+            w.at(at, lambda doc=doc, i=i: client.submit(doc, token=f"app{i}"))
 
     def _act(self, kind: str, program: str, target: Any, spec: ProgramSpec | None = None,
              row: dict | None = None) -> None:
@@ -651,7 +726,9 @@ class _Runner:
             faults=pd.DataFrame(w.faults, columns=["time", "fault", "target"]),
             stats=w.network.counters(),
             gfs=pd.concat([node.frame() for node in w.gfs.values()], ignore_index=True)
-            if w.gfs else None)
+            if w.gfs else None,
+            scheduler=pd.concat([node.frame() for node in w.schedulers.values()],
+                                ignore_index=True) if w.schedulers else None)
 
 
 _MIGRATION_COLUMNS = ["migration_id", "instance_id", "code_name", "source", "target",
