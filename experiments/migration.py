@@ -109,9 +109,10 @@ def design(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 @functools.cache
 def corpus_duration(name: str) -> float:
     """How long (program time) a corpus program runs alone: it moves at a fraction."""
-    clock = VirtualClock()
-    host = LocalBus().attach(ProgramHost((CORPUS / f"{name}.py").read_text(encoding="utf-8"),
-                                         clock=clock, code_name=name, console=lambda _: None))
+    clock, bus = VirtualClock(), LocalBus()  # the bus delivers its own publishes back
+    host = bus.attach(ProgramHost((CORPUS / f"{name}.py").read_text(encoding="utf-8"),
+                                  clock=clock, code_name=name, instance_id=f"{name}.1",
+                                  publish=bus.publish, console=lambda _: None))
     host.start()
     clock.run()
     return host.program_time()

@@ -59,7 +59,8 @@ def _list() -> None:
               help="Run the trials on Dask distributed: a scheduler's address, or 'local' "
                    "for a LocalCluster on this machine.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write [default: results/NAME in the repository].")
+              help="Where to write [default: results/NAME in the repository; "
+                   "results-quick/NAME with --quick].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def experiment_command(name: str, quick: bool, preset: Optional[str],
                        seeds: Optional[list[int]], jobs: int, dask_address: Optional[str],
@@ -84,7 +85,10 @@ def experiment_command(name: str, quick: bool, preset: Optional[str],
         raise click.ClickException(str(exc)) from None
     if preset != "default" and preset not in exp.presets:
         raise click.BadParameter(f"{name} has no preset {preset!r}", param_hint="--preset")
-    out = out or registry.ROOT / "results" / name
+    # only the default size belongs in results/ (committed, documented): a quick look
+    # must not overwrite it
+    out = out or (registry.ROOT / "results" / name if preset == "default"
+                  else registry.ROOT / f"results-{preset}" / name)
     backend = Backend.choose(jobs, dask_address)
     command = shlex.join(["thingssim", "experiment", *sys.argv[2:]]) \
         if sys.argv[1:2] == ["experiment"] else ""
