@@ -66,6 +66,11 @@ class Experiment:
         return words
 
 
+def _figures(*stems: str) -> tuple[str, ...]:
+    """An experiment's figures: ``fig_<stem>.png`` and ``.pdf`` each."""
+    return tuple(f"fig_{s}.{ext}" for s in stems for ext in ("png", "pdf"))
+
+
 EXPERIMENTS = [
     Experiment("migration_chain",
                "thingssim sim experiments/scenarios/migration_chain.toml "
@@ -119,6 +124,27 @@ EXPERIMENTS = [
                    "real_peak.csv", "real_trials.csv", "real_latency.csv",
                    "real_migration.csv", "real.png")),
                needs="Mosquitto or amqtt"),
+    # thingssim experiment (issue 13): trials.csv, summary.csv and figures per folder;
+    # provenance.json holds the volatile facts (wall time, machine, versions)
+    Experiment("migration",
+               "thingssim experiment migration --out results/migration",
+               deterministic=tuple(f"migration/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("state_size", "link",
+                                                          "board_pairs", "programs"))),
+               measured=("migration/provenance.json",)),
+    Experiment("thingsmigrate",
+               "thingssim experiment thingsmigrate --out results/thingsmigrate",
+               measured=tuple(f"thingsmigrate/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("overhead", "snapshots"),
+                   "provenance.json"))),
+    Experiment("riotbench_experiment",
+               "thingssim experiment riotbench --out results/riotbench",
+               deterministic=tuple(f"riotbench/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("latency", "throughput"))),
+               measured=("riotbench/provenance.json",)),
+    # last: it reads what the experiments above wrote
+    Experiment("report", "thingssim report --results results",
+               deterministic=("README.md",)),
 ]
 
 
