@@ -47,6 +47,17 @@ _ENDED = (ProgramStatus.EXITED, ProgramStatus.CRASHED)
 DEFAULT_FENCE_S = 10.0
 
 
+def _owner_of(payload: bytes) -> tuple[str | None, int]:
+    """A retained ``program-owner/<iid>`` record's (engine, epoch); (None, 0) when it is
+    empty (cleared: the program ended) or unreadable."""
+    try:
+        record = p.decode(payload) if payload else {}
+        owner = record.get("engine")
+        return (owner if isinstance(owner, str) else None), int(record.get("epoch", 0))
+    except (p.ProtocolError, AttributeError, TypeError, ValueError):
+        return None, 0
+
+
 @dataclass
 class _Outgoing:
     """The engine's bookkeeping around one source-side migration machine."""
@@ -130,6 +141,7 @@ class CodeEngine:
         self._outcomes: OrderedDict[str, dict] = OrderedDict()  # finished, for queries
         self._paused_by_fence: set[str] = set()
         self._owner_check: dict[str, Any] | None = None
+        self._reboot_check: dict[str, Any] | None = None  # owner records read at boot
         self._outbox: deque[tuple[str, str, bytes, int]] = deque()
         self.outbox_dropped = 0
         self._fence_timer: Any = None
@@ -270,11 +282,7 @@ class CodeEngine:
         iid = message.topic[len(p.OWNER_PREFIX):]
         if check is None or iid not in check["waiting"]:
             return
-        try:
-            record = p.decode(message.payload) if message.payload else {}
-            owner, epoch = record.get("engine"), int(record.get("epoch", 0))
-        except (p.ProtocolError, AttributeError, TypeError, ValueError):
-            owner, epoch = None, 0
+        owner, epoch = _owner_of(message.payload)
         check["waiting"].discard(iid)
         if owner not in (None, self.id) and epoch >= self.epochs.get(iid, 1):
             log.warning("%s: %s is owned by %s (epoch %d) now: dropping our stale copy",
@@ -326,19 +334,69 @@ class CodeEngine:
         self._flush_outbox()
 
     def _report_lost_since_reboot(self) -> None:
-        """Programs the journal says we owned but we do not hold: they died with us."""
-        for iid, info in list(self.journal.owned.items()):
-            if iid in self.programs:
-                continue
-            report = {"code_name": info.get("code_name", "?"), "instance_id": iid,
-                      "status": "Lost", "engine": self.id, "eventName": "reboot",
-                      "epoch": info.get("epoch")}
-            self.transport.publish(p.PROGRAM_MONITOR, p.encode(report), qos=1)
-            # the owner record keeps saying so, for dispatchers that connect later
-            self.transport.publish(p.owner_topic(iid), p.encode(
-                {"engine": self.id, "epoch": info.get("epoch"), "code_name":
-                 info.get("code_name", "?"), "status": "Lost"}), qos=1, retain=True)
+        """Programs the journal says we owned but we do not hold: they died with us.
+
+        Before saying so (a ``Lost`` report and a retained ``Lost`` owner record), read
+        each one's retained owner record: while this board was down a scheduler may have
+        recovered the program elsewhere at a higher epoch, and writing our old epoch over
+        that record would hide the new owner from every dispatcher that connects later
+        (and would let our own stale record look current).  Only a record that is absent
+        or still names this engine at an epoch no newer than the journal's is replaced.
+        A record that never comes (none is retained) counts as absent after
+        ``request_timeout``."""
+        waiting = {iid: dict(info) for iid, info in self.journal.owned.items()
+                   if iid not in self.programs}
+        if not waiting:
+            return
+        check: dict[str, Any] = {"waiting": waiting, "timer": None}
+        self._reboot_check = check
+        for iid in sorted(waiting):
+            self.transport.subscribe(p.owner_topic(iid), self._on_reboot_owner_record, qos=1)
+        check["timer"] = self.clock.call_later(self.request_timeout, self._reboot_checked)
+
+    def _on_reboot_owner_record(self, message: Message) -> None:
+        check = self._reboot_check
+        iid = message.topic[len(p.OWNER_PREFIX):]
+        if check is None or iid not in check["waiting"]:
+            return
+        info = check["waiting"].pop(iid)
+        self.transport.unsubscribe(p.owner_topic(iid), self._on_reboot_owner_record)
+        owner, epoch = _owner_of(message.payload)
+        ours = info.get("epoch") if isinstance(info.get("epoch"), int) else 1
+        if iid in self.programs:
+            pass  # recovered onto this very engine meanwhile (a newer record of ours)
+        elif owner not in (None, self.id) and epoch >= ours:
+            log.info("%s: %s is owned by %s at epoch %d since our reboot: not reported "
+                     "Lost", self.id, iid, owner, epoch)
             self.journal.disown(iid)
+        else:
+            self._report_lost(iid, info)
+        if not check["waiting"]:
+            self._reboot_checked()
+
+    def _reboot_checked(self) -> None:
+        """No record came for the rest (none retained): they are ours, and Lost."""
+        check, self._reboot_check = self._reboot_check, None
+        if check is None:
+            return
+        self._cancel(check["timer"])
+        for iid, info in sorted(check["waiting"].items()):
+            self.transport.unsubscribe(p.owner_topic(iid), self._on_reboot_owner_record)
+            if self.running:
+                self._report_lost(iid, info)
+
+    def _report_lost(self, iid: str, info: dict) -> None:
+        if iid in self.programs:
+            return  # recovered onto this very engine meanwhile: ours again, not Lost
+        report = {"code_name": info.get("code_name", "?"), "instance_id": iid,
+                  "status": "Lost", "engine": self.id, "eventName": "reboot",
+                  "epoch": info.get("epoch")}
+        self.transport.publish(p.PROGRAM_MONITOR, p.encode(report), qos=1)
+        # the owner record keeps saying so, for dispatchers that connect later
+        self.transport.publish(p.owner_topic(iid), p.encode(
+            {"engine": self.id, "epoch": info.get("epoch"), "code_name":
+             info.get("code_name", "?"), "status": "Lost"}), qos=1, retain=True)
+        self.journal.disown(iid)
 
     # ================================================================ reports
     def status_report(self, event: str | None = None) -> dict:

@@ -1,0 +1,75 @@
+"""Recovery corner cases of the scheduler in simulation: a rebooted board must not write
+over its programs' newer owner records, and a gracefully stopped worker's programs are
+recovered (a user's kill still ends them for good)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sched_sim import Lab, app_doc, running_copies
+
+from runtime import protocol as p
+
+
+def retained_owners(lab: Lab, iids: list[str]) -> dict[str, Any]:
+    """Each instance's retained ``program-owner`` record as a client connecting now
+    reads it (None: no record)."""
+    got: dict[str, Any] = {iid: None for iid in iids}
+
+    def on_record(message: Any) -> None:
+        iid = message.topic[len(p.OWNER_PREFIX):]
+        got[iid] = p.decode(message.payload) if message.payload else None
+
+    for iid in iids:
+        lab.transport.subscribe(p.owner_topic(iid), on_record, qos=1)
+    lab.run(1.0)
+    for iid in iids:
+        lab.transport.unsubscribe(p.owner_topic(iid), on_record)
+    return got
+
+
+def test_a_rebooted_board_leaves_the_new_owners_record_alone() -> None:
+    lab = Lab(boards=3)
+    token = lab.wait(lab.client.submit(app_doc(count=4)))["token"]
+    lab.run(3.0)
+    before = lab.where(token)
+    victim = sorted(set(before.values()))[0]
+    moved = sorted(iid for iid, e in before.items() if e == victim)
+    lab.world.boards[victim].crash()
+    lab.run(30.0)  # fence, then recovery elsewhere at epoch 2
+    after = lab.where(token)
+    assert all(after[iid] != victim for iid in moved)
+    lab.world.boards[victim].reboot()
+    lab.run(15.0)  # past the engine's owner-record read (request_timeout)
+    records = retained_owners(lab, moved)
+    for iid in moved:
+        record = records[iid]
+        assert record is not None and record["engine"] == after[iid], record
+        assert record["epoch"] == 2 and record.get("status") != "Lost", record
+    assert not lab.world.boards[victim].engine.journal.owned  # disowned all the same
+    programs = lab.scheduler.dispatcher.programs
+    assert all(programs[iid].status == "Running" for iid in moved)
+    assert max(lab.max_copies.values()) == 1
+    assert all(n == 1 for n in running_copies(lab.world).values())
+
+
+def test_a_rebooted_board_still_reports_what_nobody_took_as_lost() -> None:
+    """No scheduler recovered it: the record still names the board, which says Lost."""
+    from harness import forever_counter
+
+    from thingssim.sim.world import World
+
+    world = World(seed=1, keepalive=2.0)
+    for name in ("a", "b"):
+        world.add_board(name, "desktop-vm")
+    d = world.add_dispatcher()
+    world.run(1.0)
+    iid = world.wait(d.run_code("a", "counter", forever_counter(0.1),
+                                instance_id="counter.q-0"))["id"]
+    world.run(world.clock.now() + 1.0)
+    world.boards["a"].crash()
+    world.run(world.clock.now() + 1.0)
+    world.boards["a"].reboot()
+    world.run(world.clock.now() + 3.0)  # the record names "a": Lost at once, no timeout
+    assert d.programs[iid].status == "Lost"
+    assert not world.boards["a"].engine.journal.owned
