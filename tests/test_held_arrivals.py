@@ -158,9 +158,9 @@ def test_the_world_really_holds_and_materializes_them():
 
     def counting_materialize(self, wanted, root=None):
         before = sum(len(q) for q in self._held.values())
-        pushed = len(self.env._events)
+        pushed = self.env.pending()
         real_materialize(self, wanted, root)
-        calls["queued"] += len(self.env._events) - pushed
+        calls["queued"] += self.env.pending() - pushed
         assert sum(len(q) for q in self._held.values()) <= before
 
     broker_module.Broker.hold = counting_hold

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from heapq import heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,7 @@ from .link import CONNACK_BYTES, LOST, PUBACK_BYTES, Packet
 
 if TYPE_CHECKING:
     from .client import SimTransport
-    from .network import Network
+    from .network import Network, TopicInfo
 
 _ROUTE_CACHE_LIMIT = 100_000
 
@@ -130,6 +129,10 @@ class Broker:
         #: engines' "<engine>/migrate/+" are never scanned for "sensors/t")
         self._wild: dict[str, dict[str, dict[Session, int]]] = {}
         self._routes: dict[str, list[tuple[Session, int]]] = {}
+        #: +1 whenever cached routes are dropped (a subscription changed, the cache was
+        #: flushed): a topic seen without subscribers in this generation still has none
+        #: (``TopicInfo.quiet``, so the hot path need not look its routes up)
+        self.routes_gen = 0
         self.is_up = True
         self.epoch = 0  # +1 at each crash: invalidates in-flight packets, timers, service
         self._free_at = 0.0
@@ -156,18 +159,25 @@ class Broker:
         been queued: a subscription that matches one, its link going down, the broker
         crashing.  Those that have arrived are forgotten after marking their client heard
         (a few in flight per link, so this stays small); a keepalive check first looks at
-        those of its client."""
+        those of its client.
+
+        Marking the client heard writes the arrival time on the client
+        (``SimTransport._heard_at``), not on its session: the client is in the CPU cache
+        (it just published), its session, one of thousands, is not.  The keepalive check
+        (:meth:`_will_check`), the only reader, takes the later of the two.  (A session's
+        ``last_heard`` is reset to the present at each connect, which comes after every
+        held arrival of its client: the client's link is FIFO; so the client's older
+        arrivals never count for a newer session, as if they had gone to the session.)"""
         pending = self._held.get(root)
         if pending is None:
             pending = self._held[root] = deque()
         elif pending[0] < self.env._entry:
             past = self.env._entry
-            sessions = self.sessions
             while pending and pending[0] < past:
                 gone = pending.popleft()  # it has arrived: its client was heard then
-                session = sessions.get(gone[3].client_id)
-                if session is not None and session.last_heard < gone[0]:
-                    session.last_heard = gone[0]
+                client = gone[3]
+                if client._heard_at < gone[0]:
+                    client._heard_at = gone[0]
         pending.append(entry)
 
     def _heard(self, entry: tuple) -> None:
@@ -180,7 +190,6 @@ class Broker:
         """Queue the held arrivals ``wanted(client, topic)`` picks (of topics under
         ``root``, or all), with their original keys; forget those that have arrived."""
         env = self.env
-        events = env._events
         roots = list(self._held) if root is None else [root] if root in self._held else []
         for key in roots:
             keep: deque = deque()
@@ -189,7 +198,7 @@ class Broker:
                     self._heard(entry)
                 elif wanted(entry[3], entry[4]):
                     pub = Packet(entry[7], entry[4], entry[5], 0, False, entry[8], entry[6])
-                    heappush(events, (entry[0], entry[1], entry[2], _Call(
+                    env._push((entry[0], entry[1], entry[2], _Call(
                         self.arrive_publish, (entry[3], pub, entry[9]))))
                 else:
                     keep.append(entry)
@@ -224,6 +233,7 @@ class Broker:
             self._exact.clear()
             self._wild.clear()
             self._routes.clear()
+            self.routes_gen += 1
 
     def restart(self) -> None:
         self.is_up = True
@@ -357,6 +367,7 @@ class Broker:
         routes = list(best.items())
         if len(self._routes) >= _ROUTE_CACHE_LIMIT:
             self._routes.clear()
+            self.routes_gen += 1
         self._routes[topic] = routes
         return routes
 
@@ -552,10 +563,20 @@ class Broker:
         """Forget the cached routes a subscription change can affect: one topic's for an
         exact filter (thousands of engines subscribing to their own topics do not flush
         each other's routes), all of them for a wildcard."""
+        self.routes_gen += 1
         if "+" in topic_filter or "#" in topic_filter:
             self._routes.clear()
         else:
             self._routes.pop(topic_filter, None)
+
+    def _quiet(self, topic: str, info: TopicInfo) -> bool:
+        """Whether ``topic`` is known to have no subscriber (its cached routes are
+        empty); remembered in ``info`` for this generation of the routes."""
+        routes = self._routes.get(topic)
+        if routes is not None and not routes:
+            info.quiet = self.routes_gen
+            return True
+        return False
 
     def _live_session(self, client: SimTransport, token: int) -> Session | None:
         session = self.sessions.get(client.client_id)
@@ -636,6 +657,9 @@ class Broker:
             self._heard_held(session.client_id)
         now = self.env._time
         heard = max(session.silent_since, session.last_heard)
+        client = session.client
+        if client is not None and client._heard_at > heard:
+            heard = client._heard_at  # a held arrival (see hold())
         deadline = heard + 1.5 * session.keepalive
         if deadline > now:
             self._call_at(deadline, self._will_check, session, token, epoch)

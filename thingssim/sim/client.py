@@ -41,7 +41,6 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
 from __future__ import annotations
 
 from collections import deque
-from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from runtime.subscriptions import SubscriptionTable
@@ -105,6 +104,9 @@ class SimTransport:
         self._life = 0  # +1 at each vanish(): delayed messages die with their client
         self._frozen = False
         self._held: list[tuple[str, tuple]] = []  # what waits for thaw(), in order
+        #: the latest arrival of this client's PUBLISHes the broker held and has
+        #: forgotten (:meth:`Broker.hold`): when the broker last heard from it through them
+        self._heard_at = float("-inf")
 
     # ------------------------------------------------------------------ Transport
     @property
@@ -173,9 +175,10 @@ class SimTransport:
                 and net._interceptor is None):
             info = net._topics.get(topic)
             if info is not None:  # the hot path: a known topic, QoS 0, connected
-                now = net.env._time
+                env = net.env
+                now = env._time
                 msg_id = next(net._ids)
-                wire = info[0] + len(payload)
+                wire = info.wire + len(payload)
                 net.published += 1
                 rows = net._rows
                 if rows is not None:
@@ -183,22 +186,19 @@ class SimTransport:
                                  None, None))
                 link = self.link
                 arrival = link.up_dir.send(now, wire, True)
-                env = net.env
                 broker = net.broker
-                if arrival >= 0:
-                    routes = broker._routes.get(topic)
-                    if (routes is not None and not routes and broker.holds and broker.is_up
-                            and not broker._service):
-                        # nobody subscribes: the broker holds it instead of queueing its
-                        # arrival (the Packet is made only if it is ever needed)
-                        broker.hold(info[1], (arrival, NORMAL, next(env._seq), self, topic,
-                                              payload, wire, msg_id, now, link.epoch))
-                        return
+                if (arrival >= 0 and broker.holds and broker.is_up and not broker._service
+                        and (info.quiet == broker.routes_gen or broker._quiet(topic, info))):
+                    # nobody subscribes: the broker holds it instead of queueing its
+                    # arrival (the Packet is made only if it is ever needed)
+                    broker.hold(info.root, (arrival, NORMAL, next(env._seq), self, topic,
+                                            payload, wire, msg_id, now, link.epoch))
+                    return
                 pub = Packet(msg_id, topic, payload, 0, False, now, wire)
                 if arrival < 0:
                     net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
                     return
-                heappush(env._events, (arrival, NORMAL, next(env._seq), _Call(
+                env._push((arrival, NORMAL, next(env._seq), _Call(
                     net._arrive_publish, (self, pub, link.epoch))))
                 return
         if self._state is VANISHED:
@@ -208,7 +208,7 @@ class SimTransport:
         info = net._topics.get(topic)
         if info is None:
             info = net._topic_info(topic)  # validates it
-        base = info[0]
+        base = info.wire
         if type(payload) is not bytes:
             payload = bytes(payload)
         now = net.env._time

@@ -29,7 +29,7 @@ from simpy.events import NORMAL, URGENT, Event
 
 from runtime.future import InvalidStateError
 
-__all__ = ["NORMAL", "SimEnvironment", "SimFuture", "SimPyClock"]
+__all__ = ["NORMAL", "SimEnvironment", "SimFuture", "SimPyClock", "Wakeup"]
 
 
 class _Call:
@@ -42,36 +42,142 @@ class _Call:
         self.args = args
 
 
+class Wakeup:
+    """Base of objects queued with :meth:`SimEnvironment.wake_at`: ``fire()`` runs when
+    due.  A subclass carries its own state (a board's pending callback, say), so a
+    wake-up is one object on the queue instead of a :class:`_Call` plus its ``args``
+    tuple plus the object they point at."""
+
+    __slots__ = ()
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+
+#: the slot of times that are not finite (``int()`` cannot floor them): after all others
+_LAST_SLOT = 1 << 62
+
+
 class SimEnvironment(simpy.Environment):
     """A SimPy environment that also runs plain callbacks at exact times (see the module
-    docstring).  Everything SimPy offers (processes, timeouts, events) works as usual."""
+    docstring).  Everything SimPy offers (processes, timeouts, events) works as usual.
 
-    def __init__(self, initial_time: float = 0.0) -> None:
+    **The queue.** Entries are ``(time, priority, seq, event or callback)`` tuples, run in
+    that order, exactly (``seq``, a counter shared by everything queued, makes the order
+    total: entries due at the same time with the same priority run in the order they were
+    queued).  They are not kept in one binary heap: in a large world (10,000 boards, a
+    timer each per simulated second) a heap pop walks ~15 levels of entries queued a
+    second earlier and long evicted from the CPU cache, and that walk, not the work
+    done, grew the cost per event with the world's size.  Instead the queue is a
+    calendar: time is cut into slots of ``slot`` seconds (a power of two, so slot
+    boundaries are exact); an entry due in a later slot is appended to that slot's list
+    (no comparisons), and when the current slot is used up the next non-empty slot's
+    list is sorted (``list.sort``: entries mostly arrive in order, so this is nearly
+    linear) and read in order.  An entry queued for the slot being read goes to a small
+    heap (``_late``) read alongside it.  Whatever the slot width, the order is the exact
+    ``(time, priority, seq)`` order (``int(t / slot)`` never decreases as ``t`` grows, so
+    every entry of a later slot comes after every entry of an earlier one); the width
+    only trades sorting work against per-slot bookkeeping.
+    """
+
+    def __init__(self, initial_time: float = 0.0, slot: float = 1 / 256) -> None:
         super().__init__(initial_time)
+        if not slot > 0:
+            raise ValueError("slot must be > 0")
         self._time = initial_time
-        self._events: list[tuple] = []  # (time, priority, seq, event or _Call)
         self._seq = count()
         #: the queue entry being (or last) processed, or where the last run() stopped:
         #: an entry that sorts before it is in the past
         self._entry: tuple = (float("-inf"), URGENT, -1)
+        self._per_slot = 1.0 / slot
+        self._slot = -_LAST_SLOT  # the slot being read: _run and _late hold its entries
+        self._run: list[tuple] = []  # the current slot's entries, sorted; read from _next
+        self._next = 0
+        self._late: list[tuple] = []  # heap: entries queued for the slot being read
+        self._slots: list[int] = []  # heap of the later slots that have entries
+        self._future: dict[int, list[tuple]] = {}  # later slot -> its entries, unsorted
 
     @property
     def now(self) -> float:
         return self._time
 
+    # ------------------------------------------------------------------ the queue
+    def _push(self, entry: tuple) -> None:
+        """Queue ``entry`` (``(time, priority, seq, event or callback)``)."""
+        try:
+            slot = int(entry[0] * self._per_slot)
+        except (OverflowError, ValueError):  # inf (or nan): after everything finite
+            slot = _LAST_SLOT
+        if slot <= self._slot:
+            heappush(self._late, entry)
+            return
+        bucket = self._future.get(slot)
+        if bucket is None:
+            self._future[slot] = [entry]
+            heappush(self._slots, slot)
+        else:
+            bucket.append(entry)
+
+    def _head(self) -> tuple | None:
+        """The next entry (not removed), or None if nothing is queued."""
+        while True:
+            run = self._run
+            i = self._next
+            late = self._late
+            if i < len(run):
+                head = run[i]
+                return late[0] if late and late[0] < head else head
+            if late:
+                return late[0]
+            if not self._advance():
+                return None
+
+    def _pop(self) -> tuple:
+        """Remove and return the next entry (there must be one: see :meth:`_head`)."""
+        run = self._run
+        i = self._next
+        late = self._late
+        if i < len(run) and not (late and late[0] < run[i]):
+            self._next = i + 1
+            return run[i]
+        return heappop(late)
+
+    def _advance(self) -> bool:
+        """Start reading the next slot that has entries; False if there is none."""
+        if not self._slots:
+            return False
+        slot = self._slot = heappop(self._slots)
+        run = self._run = self._future.pop(slot)
+        run.sort()  # seq is unique, so the events themselves are never compared
+        self._next = 0
+        return True
+
+    def pending(self) -> int:
+        """How many entries are queued (cancelled callbacks included)."""
+        return (len(self._run) - self._next + len(self._late)
+                + sum(len(bucket) for bucket in self._future.values()))
+
+    # ------------------------------------------------------------------ SimPy's API
     def schedule(self, event: Event, priority: int = NORMAL, delay: float = 0) -> None:
-        heappush(self._events, (self._time + delay, priority, next(self._seq), event))
+        self._push((self._time + delay, priority, next(self._seq), event))
 
     def peek(self) -> float:
-        return self._events[0][0] if self._events else float("inf")
+        head = self._head()
+        return float("inf") if head is None else head[0]
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> _Call:
         """Run ``fn(*args)`` at time ``when`` exactly (now, if ``when`` has passed);
         returns a handle for :meth:`cancel`."""
         call = _Call(fn, args)
         now = self._time
-        heappush(self._events, (when if when > now else now, NORMAL, next(self._seq), call))
+        self._push((when if when > now else now, NORMAL, next(self._seq), call))
         return call
+
+    def wake_at(self, when: float, wakeup: Wakeup) -> None:
+        """Call ``wakeup.fire()`` at time ``when`` exactly (now, if it has passed).  The
+        object is its own handle: it decides itself whether it still has work to do."""
+        now = self._time
+        self._push((when if when > now else now, NORMAL, next(self._seq), wakeup))
 
     @staticmethod
     def cancel(call: _Call) -> None:
@@ -84,10 +190,9 @@ class SimEnvironment(simpy.Environment):
         return entry < self._entry
 
     def step(self) -> None:
-        try:
-            entry = self._entry = heappop(self._events)
-        except IndexError:
-            raise EmptySchedule from None
+        if self._head() is None:
+            raise EmptySchedule
+        entry = self._entry = self._pop()
         self._time = entry[0]
         event = entry[3]
         if event.__class__ is _Call:
@@ -95,8 +200,10 @@ class SimEnvironment(simpy.Environment):
             if fn is not None:
                 event.fn = None
                 fn(*event.args)
-            return
-        self._process(event)
+        elif isinstance(event, Event):
+            self._process(event)
+        else:
+            event.fire()
 
     def _process(self, event: Event) -> None:
         """What ``simpy.Environment.step`` does with an event, through its public API."""
@@ -124,10 +231,33 @@ class SimEnvironment(simpy.Environment):
         if at <= self._time:
             raise ValueError(f"until ({at}) must be greater than the current simulation time")
         stop = (self._time + (at - self._time), URGENT, next(self._seq))
-        events = self._events
         process = self._process
-        while events and events[0] < stop:
-            entry = self._entry = heappop(events)
+        late = self._late  # the same list object for the life of the environment
+        while True:
+            # the next entry: _head() and _pop(), inlined (this loop runs every event)
+            run = self._run
+            i = self._next
+            if i < len(run):
+                entry = run[i]
+                if late and late[0] < entry:
+                    entry = late[0]
+                    if not entry < stop:
+                        break
+                    heappop(late)
+                else:
+                    if not entry < stop:
+                        break
+                    self._next = i + 1
+            elif late:
+                entry = late[0]
+                if not entry < stop:
+                    break
+                heappop(late)
+            elif self._advance():
+                continue
+            else:
+                break
+            self._entry = entry
             self._time = entry[0]
             event = entry[3]
             if event.__class__ is _Call:
@@ -135,11 +265,13 @@ class SimEnvironment(simpy.Environment):
                 if fn is not None:
                     event.fn = None
                     fn(*event.args)
-            else:
+            elif isinstance(event, Event):
                 try:
                     process(event)
                 except StopSimulation as exc:  # an inner run(until=event) stopped here
                     return exc.args[0]
+            else:
+                event.fire()
         self._time = stop[0]
         self._entry = stop
         return None

@@ -66,6 +66,22 @@ _BROKER = BrokerProfile()
 _LINK = LinkProfile()
 
 
+class TopicInfo:
+    """What the network keeps about a topic published to, so that publishing a QoS 0
+    message costs one dictionary lookup: its PUBLISH size without the payload
+    (``wire``), its first level (``root``, the broker's index key), and ``quiet``: the
+    broker's :attr:`~thingssim.sim.broker.Broker.routes_gen` when the topic was last
+    seen to have no subscriber (it still has none while that generation lasts; -1:
+    not known)."""
+
+    __slots__ = ("wire", "root", "quiet")
+
+    def __init__(self, wire: int, root: str) -> None:
+        self.wire = wire
+        self.root = root
+        self.quiet = -1
+
+
 class Network:
     """One broker, access links and clients in a :class:`SimEnvironment`.
 
@@ -92,8 +108,8 @@ class Network:
         self._tokens = count(1)
         self._rows: list[tuple] | None = [] if trace else None
         self._interceptor: Interceptor | None = None
-        #: validated topics -> (their PUBLISH bytes without the payload, first level)
-        self._topics: dict[str, tuple[int, str]] = {}
+        #: validated topics published to (the hot path's one lookup per message)
+        self._topics: dict[str, TopicInfo] = {}
         #: (time, client, topic, error) of every message handler that raised
         self.handler_errors: list[tuple[float, str, str, str]] = []
         self.broker = Broker(self, broker, max_queued)
@@ -274,18 +290,17 @@ class Network:
         self.handler_errors.append((now, client, message.topic, error))
         self._row("handler_error", client, message.topic, None, None, None, None, error)
 
-    def _topic_info(self, topic: str) -> tuple[int, str]:
-        """Validate a topic to publish to: its PUBLISH bytes without the payload, and its
-        first level (cached)."""
+    def _topic_info(self, topic: str) -> TopicInfo:
+        """Validate a topic to publish to; what the network keeps about it (cached)."""
         validate_topic(topic)
-        info = (len(topic.encode()) + PUBLISH_OVERHEAD, topic.split("/", 1)[0])
+        info = TopicInfo(len(topic.encode()) + PUBLISH_OVERHEAD, topic.split("/", 1)[0])
         if len(self._topics) < _TOPIC_CACHE_LIMIT:
             self._topics[topic] = info
         return info
 
     def _wire(self, topic: str, payload: bytes) -> int:
         info = self._topics.get(topic)
-        return (info if info is not None else self._topic_info(topic))[0] + len(payload)
+        return (info if info is not None else self._topic_info(topic)).wire + len(payload)
 
     def _drop(self, client_id: str, pub: Packet, reason: str) -> None:
         self.dropped += 1

@@ -29,7 +29,7 @@ from runtime.journal import MemoryJournal
 from runtime.transport import Message
 
 from .boards import BoardProfile, get_profile
-from .clock import SimEnvironment, SimPyClock
+from .clock import SimEnvironment, SimPyClock, Wakeup
 from .network import BrokerProfile, LinkProfile, Network
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class BoardClock:
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> _BoardCall:
         call = _BoardCall(self.board, callback)
-        self._env.call_at(float(when), _fire, call)
+        self._env.wake_at(float(when), call)
         return call
 
     def call_later(self, delay: float, callback: Callable[[], Any]) -> _BoardCall:
@@ -89,8 +89,11 @@ class BoardClock:
         return self.world_clock.create_future()
 
 
-class _BoardCall:
+class _BoardCall(Wakeup):
     """A board's pending callback: dropped if cancelled or if the board crashed since.
+
+    It is queued as it is (a :class:`~thingssim.sim.clock.Wakeup`): one object per
+    timer of every program and engine, the most common entry of a large world's queue.
     (It holds no reference to its queue entry, so firing leaves no reference cycle for
     the garbage collector: two of these per board and simulated second add up.)"""
 
@@ -102,44 +105,75 @@ class _BoardCall:
         self.callback = callback
         self.cancelled = False
 
+    def fire(self) -> None:
+        board = self.board
+        if self.cancelled or board.epoch != self.epoch:
+            return  # cancelled, or scheduled before a crash
+        if board.frozen:
+            board._held.append(self)  # runs late, at thaw()
+            return
+        env = board.env
+        ready = min(board.cores)
+        if ready > env._time:
+            env.wake_at(ready, self)  # wait for a core
+            return
+        self.callback()
 
-def _fire(call: _BoardCall) -> None:
-    board = call.board
-    if call.cancelled or board.epoch != call.epoch:
-        return  # cancelled, or scheduled before a crash
-    if board.frozen:
-        board._held.append(call)  # runs late, at thaw()
-        return
-    env = board.world.env
-    ready = min(board.cores)
-    if ready > env._time:
-        env.call_at(ready, _fire, call)  # wait for a core
-        return
-    call.callback()
+
+class _ProgramMeter:
+    """What a board's meter keeps about one program: its memory footprint, the CPU
+    time it spent since its last resource report, and that report's body (the same
+    dict object while nothing changed)."""
+
+    __slots__ = ("mb", "busy", "rss", "cpu", "body")
+
+    def __init__(self) -> None:
+        self.mb = 0.0
+        self.busy = 0.0
+        self.rss: int | None = None
+        self.cpu: float | None = None
+        self.body: dict = {}
 
 
 class BoardMeter:
-    """Charges the cost model to the board's CPU and memory (see the module docstring)."""
+    """Charges the cost model to the board's CPU and memory (see the module docstring).
+
+    Every program event and every resource report of every board goes through here, so
+    what they need is at hand: one slotted record per program, found by the program's
+    host object itself (an identity match: the lookup reads no other object), and the
+    engine's memory total kept up to date instead of summed at each report.  In a world
+    of thousands of boards each of these reads is a likely cache miss, which is what
+    made the cost per message grow with the world."""
 
     def __init__(self, board: Board) -> None:
         self.board = board
-        self.model = board.world.cost
-        self._program_mb: dict[int, float] = {}
-        self._busy_since_report: dict[int, float] = {}
+        self.model = model = board.world.cost
+        self._fixed = model.mode == "fixed"
+        #: a program event's cost on this board in fixed mode (the profile and the model
+        #: are frozen; the meter is made anew at each boot)
+        self._event_spent = model.event_cost / board.profile.cpu_factor
+        self._program_mb: dict[int, float] = {}  # id(host) -> MB, in admission order
+        self._used_mb = model.engine_base_mb
+        self._programs: dict[Any, _ProgramMeter] = {}  # host -> its record
         self.engine_busy = 0.0
-        self._engine_key: tuple | None = None
-        self._program_usage: dict[int, tuple[tuple, dict]] = {}  # id(host) -> (key, body)
+        self._engine_used: float | None = None
+        self._engine_cpu: float | None = None
         self._engine_usage: dict = {}
 
+    def _record(self, host: Any) -> _ProgramMeter:
+        record = self._programs.get(host)
+        if record is None:
+            record = self._programs[host] = _ProgramMeter()
+        return record
+
     def program_event(self, host: Any, seconds: float) -> None:
-        model = self.model
         board = self.board
-        spent = (model.event_cost if model.mode == "fixed" else seconds) / \
-            board.profile.cpu_factor
+        spent = self._event_spent if self._fixed else seconds / board.profile.cpu_factor
         board.occupy(spent)
-        busy = self._busy_since_report
-        key = id(host)
-        busy[key] = busy.get(key, 0.0) + spent
+        record = self._programs.get(host)
+        if record is None:
+            record = self._record(host)
+        record.busy += spent
         board.cpu_seconds += spent
         board.events += 1
 
@@ -163,21 +197,28 @@ class BoardMeter:
             raise MemoryError(f"board {self.board.name} has {free:.1f} MB free, "
                               f"program {host.instance_id} needs {need:.1f} MB")
         self._program_mb[id(host)] = need
+        self._record(host).mb = need
+        self._total()
 
     def release(self, host: Any) -> None:
         self._program_mb.pop(id(host), None)
-        self._busy_since_report.pop(id(host), None)
-        self._program_usage.pop(id(host), None)
+        self._programs.pop(host, None)
+        self._total()
+
+    def _total(self) -> None:
+        # summed in admission order, as a report always summed it (the same float)
+        self._used_mb = self.model.engine_base_mb + sum(self._program_mb.values())
 
     def used_mb(self) -> float:
-        return self.model.engine_base_mb + sum(self._program_mb.values())
+        return self._used_mb
 
     def engine_usage(self) -> dict:
         """The engine's report body; the same dict object while nothing changed."""
-        used = self.used_mb()
+        used = self._used_mb
         cpu = round(100 * self.board.utilisation(), 3)
-        if (used, cpu) != self._engine_key:
-            self._engine_key = (used, cpu)
+        if used != self._engine_used or cpu != self._engine_cpu:
+            self._engine_used = used
+            self._engine_cpu = cpu
             self._engine_usage = {"memory": {"rss": int(used * 1e6)}, "cpu": cpu,
                                   "device_memory": int((self.board.profile.memory_mb - used)
                                                        * 1e6)}
@@ -185,15 +226,19 @@ class BoardMeter:
 
     def program_usage(self, host: Any) -> dict:
         """A program's report body; the same dict object while nothing changed."""
-        key = id(host)
-        busy = self._busy_since_report.pop(key, 0.0)
+        record = self._programs.get(host)
+        if record is None:
+            record = self._record(host)
+        busy = record.busy
+        record.busy = 0.0
         period = self.board.engine.resource_period or 1.0
-        usage = (int(self._program_mb.get(key, 0.0) * 1e6), round(100 * busy / period, 3))
-        last = self._program_usage.get(key)
-        if last is None or last[0] != usage:
-            last = self._program_usage[key] = (usage, {"memory": {"rss": usage[0]},
-                                                       "cpu": usage[1]})
-        return last[1]
+        rss = int(record.mb * 1e6)
+        cpu = round(100 * busy / period, 3)
+        if rss != record.rss or cpu != record.cpu:
+            record.rss = rss
+            record.cpu = cpu
+            record.body = {"memory": {"rss": rss}, "cpu": cpu}
+        return record.body
 
 
 class Board:
@@ -203,6 +248,7 @@ class Board:
                  resource_period: float | None = 1.0, program_qos: int = 0,
                  capabilities: Iterable[str] = ()) -> None:
         self.world = world
+        self.env = world.env
         self.program_qos = program_qos
         self.capabilities = sorted(set(capabilities))  # named features: camera, gpu...
         self.name = name
@@ -249,14 +295,14 @@ class Board:
 
     def occupy(self, seconds: float, core: int | None = None) -> None:
         """Run ``seconds`` of work on ``core``, or on the first free one."""
-        now = self.world.clock.now()
+        now = self.env._time
         cores = self.cores
         i = cores.index(min(cores)) if core is None else core
         busy = cores[i]
         cores[i] = (busy if busy > now else now) + seconds
 
     def utilisation(self) -> float:
-        elapsed = self.world.clock.now() * len(self.cores)
+        elapsed = self.env._time * len(self.cores)
         return self.cpu_seconds / elapsed if elapsed > 0 else 0.0
 
     def memory_used_mb(self) -> float:
@@ -297,7 +343,7 @@ class Board:
         held, self._held = self._held, []
         self.transport.thaw()
         for call in held:
-            self.world.env.call_at(now, _fire, call)
+            self.env.wake_at(now, call)
         self.world.record_fault("thaw", self.name)
 
     def reboot(self) -> None:
