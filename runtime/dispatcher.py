@@ -67,6 +67,9 @@ class Program:
     epoch: int = 0  # the owner epoch last heard of; older reports are stale
     error: str | None = None
     resource: dict | None = None
+    #: the ``eventName`` of the program report that set its status (``engine-stop``: its
+    #: engine ended it while shutting down); None when the status came from elsewhere
+    event: str | None = None
     console: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -338,7 +341,7 @@ class Dispatcher:
         self._emit("engine-registry-update", engine)
 
     def _update(self, program: Program, engine_id: str | None, status: Any,
-                epoch: Any) -> bool:
+                epoch: Any, event: Any = None) -> bool:
         """Apply a report unless it is older than what we know (a lower owner epoch)."""
         epoch = epoch if isinstance(epoch, int) else None
         if epoch is not None and epoch < program.epoch:
@@ -350,6 +353,9 @@ class Dispatcher:
             return False  # an epoch-less report about a copy that moved on
         if epoch is not None:
             program.epoch = epoch
+        event = event if isinstance(event, str) else None
+        if event is not None or isinstance(status, str) and status != program.status:
+            program.event = event  # a registry report repeating the status keeps it
         program.engine = engine_id or program.engine
         if isinstance(status, str):
             program.status = status
@@ -376,7 +382,7 @@ class Dispatcher:
         program = self._program_handle(iid, code_name)
         engine = report.get("engine")
         if self._update(program, engine if isinstance(engine, str) else None,
-                        report.get("status"), report.get("epoch")):
+                        report.get("status"), report.get("epoch"), report.get("eventName")):
             program.error = report.get("error", program.error)
             self._emit("program-monitor-update", program)
 

@@ -146,6 +146,7 @@ class CodeEngine:
         self.outbox_dropped = 0
         self._fence_timer: Any = None
         self._booted = False
+        self._stopping = False  # stop() is ending the programs: their reports say so
         self._filters: dict[str, Handler] = {}  # transport filters held for programs
         self._resource_timer: Any = None
         self._engine_report = p.StampedEncoder()
@@ -192,9 +193,15 @@ class CodeEngine:
         return self
 
     def stop(self) -> None:
-        """Graceful shutdown: stop programs, report dead, disconnect (no will)."""
+        """Graceful shutdown: stop programs, report dead, disconnect (no will).
+
+        Each program's last report has ``eventName`` :data:`~runtime.protocol.
+        STOPPED_BY_ENGINE`: it ended because its engine stopped, not because someone killed
+        it, so a scheduler re-places it (from its last checkpoint) instead of taking it
+        for ended."""
         if not self.running:
             return
+        self._stopping = True
         for host in list(self.programs.values()):
             host.kill()
         self.running = False
@@ -637,7 +644,8 @@ class CodeEngine:
         if host.status in _ENDED and self.journal.owned.get(iid) is not None:
             self.journal.disown(iid)
             self.transport.publish(p.owner_topic(iid), b"", qos=1, retain=True)
-        self._program_report(host)
+        self._program_report(host, p.STOPPED_BY_ENGINE if self._stopping and
+                             host.status is ProgramStatus.EXITED else None)
         self._report("process-status")
 
     def _sync_filters(self) -> None:

@@ -23,6 +23,9 @@ PROGRAM_MONITOR = "program-monitor"
 PROGRAM_MONITOR_BCAST = "program-monitor/bcast"
 #: retained, one per instance: ``{engine, epoch, code_name}`` of the copy that owns it
 OWNER_PREFIX = "program-owner/"
+#: the ``eventName`` of a program report whose program ended because its engine was shutting
+#: down (``Exited``, not a user's kill nor the program's own end): a scheduler re-places it
+STOPPED_BY_ENGINE = "engine-stop"
 
 
 def engine_state_topic(engine_id: str) -> str:

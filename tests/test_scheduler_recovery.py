@@ -73,3 +73,47 @@ def test_a_rebooted_board_still_reports_what_nobody_took_as_lost() -> None:
     world.run(world.clock.now() + 3.0)  # the record names "a": Lost at once, no timeout
     assert d.programs[iid].status == "Lost"
     assert not world.boards["a"].engine.journal.owned
+
+
+def test_a_gracefully_stopped_engines_programs_are_recovered_at_once() -> None:
+    """``on_shutdown = "stop"`` (SIGTERM): the engine ends its programs and says why;
+    the scheduler re-places them from their checkpoints without waiting a fence time."""
+    lab = Lab(boards=3)
+    token = lab.wait(lab.client.submit(app_doc(count=4)))["token"]
+    lab.run(3.0)
+    before = lab.where(token)
+    victim = sorted(set(before.values()))[0]
+    moved = sorted(iid for iid, e in before.items() if e == victim)
+    stopped_at = lab.world.clock.now()
+    lab.world.boards[victim].engine.stop()
+    lab.run(3.0)  # well inside the engines' fence time (10 s)
+    after = lab.where(token)
+    assert all(after[iid] != victim for iid in moved), after
+    copies = running_copies(lab.world)
+    assert sorted(copies) == sorted(before) and all(n == 1 for n in copies.values())
+    recoveries = [e for e in lab.scheduler.history if e["type"] == "action"
+                  and e["data"].get("kind") == "recover"]
+    assert sorted(e["data"]["instance"] for e in recoveries) == moved
+    assert all(e["data"]["ok"] and e["data"]["checkpoint_epoch"] == 1 for e in recoveries)
+    assert all(e["timestamp"] - stopped_at < 1.0 for e in recoveries)
+    status = lab.wait(lab.client.status(token))
+    assert all(v["status"] == "running" for v in status["instances"].values())
+
+
+def test_a_users_kill_of_one_instance_still_ends_it_for_good() -> None:
+    """An explicit kill (not ``engine-stop``) ends the instance: it is neither recovered
+    nor run again by later cycles."""
+    lab = Lab(boards=2, period_s=2.0)
+    token = lab.wait(lab.client.submit(app_doc(count=2)))["token"]
+    lab.run(2.0)
+    victim = sorted(lab.where(token))[0]
+    mark = len(lab.scheduler.history)
+    lab.wait(lab.scheduler.dispatcher.kill_code(victim))
+    lab.run(15.0)  # several periodic cycles
+    copies = running_copies(lab.world)
+    assert victim not in copies and len(copies) == 1
+    again = [e for e in list(lab.scheduler.history)[mark:] if e["type"] == "action"
+             and e["data"].get("instance") == victim and e["data"].get("kind") != "checkpoint"]
+    assert not again, again
+    rows = lab.wait(lab.client.status(token))["instances"]
+    assert [v["status"] for v in rows.values() if v["id"] == victim] == ["ended"]

@@ -205,6 +205,9 @@ class Scheduler:
         self._engine_status: dict[str, str] = {}
         self._fences: dict[str, float] = {}  # engine -> its fence_s (from its reports)
         self._hot: dict[str, int] = {}  # engine -> overloaded reports in a row
+        #: engines that said they are shutting down (their programs ended with
+        #: ``engine-stop``): no placement there until they report again after a restart
+        self._stopping: set[str] = set()
         self._last_rebalance = -1e18
         self._checkpointing: set[str] = set()
         self._replies: dict[str, dict] = {}  # request id -> answer (duplicates)
@@ -399,14 +402,23 @@ class Scheduler:
             return
         if was in (None, "dead"):
             self._died.pop(engine.id, None)
+            self._stopping.discard(engine.id)
             if self.active:
                 self._event("engine-join", engine=engine.id)
                 self.trigger("engine-join")
 
     def _on_program_update(self, program: Any) -> None:
         token = token_of(program.instance_id)
-        if token in self.apps and program.status in ("Lost", "Crashed", "Exited") \
-                and self.active:
+        if token not in self.apps:
+            return
+        if _stopped_by_engine(program) and program.engine:
+            # the engine is shutting down (SIGTERM, on_shutdown = "stop"): nothing more
+            # goes there, and what it stopped is re-placed at once (no fence to wait: it
+            # said itself that the copy is gone)
+            self._stopping.add(program.engine)
+            if self.active:
+                self.trigger("engine-stop")
+        elif program.status in ("Lost", "Crashed", "Exited") and self.active:
             self.trigger(f"program-{program.status.lower()}")
 
     def _on_resource(self, message: Message) -> None:
@@ -652,7 +664,7 @@ class Scheduler:
         d = self.dispatcher
         ours = {r.instance_id for r in self.rows.values()}
         for e in sorted(d.engines.values(), key=lambda e: e.id):
-            if e.status == "dead":
+            if e.status == "dead" or e.id in self._stopping:
                 dead.add(e.id)
                 continue
             resource = e.resource or {}
@@ -695,6 +707,9 @@ class Scheduler:
                         r.engine, r.epoch, r.status = prog.engine, prog.epoch, new
                         changed.append(r)
                     current[key] = prog.engine
+                    continue
+                if _stopped_by_engine(prog):
+                    lost[key] = prog.engine or _LOST  # its engine stopped it: re-place now
                     continue
                 if prog.status in ("Exited", "Crashed") and prog.engine in live:
                     r.status = "ended"
@@ -786,6 +801,10 @@ class Scheduler:
         current, lost, uncertain = self._assess(live)
         waiting = {k for k, r in self.rows.items() if r.engine is not None and
                    r.status not in ("new", "ended") and k not in current and k not in lost}
+        # an instance that ended (it finished, or a user killed it) stays ended: placing
+        # it again would re-run it (its engine answered "already exists" for the ended
+        # copy it still lists, and the row flapped between running and ended each cycle)
+        waiting |= {k for k, r in self.rows.items() if r.status == "ended"}
         target, refused = self._place(boards, current, waiting, reason)
         for a, why in refused:
             self._refuse(a, why)
@@ -1027,6 +1046,11 @@ class Scheduler:
                 r.instance_id, r.token, int(value.get("epoch", r.epoch)),
                 str(value.get("engine")), at, value["snapshot"])))
         yield gather(self.clock.create_future, saves)
+
+
+def _stopped_by_engine(program: Any) -> bool:
+    """Ended because its engine shut down (not killed, not finished): to re-place."""
+    return program.status == "Exited" and program.event == p.STOPPED_BY_ENGINE
 
 
 def _why(error: BaseException) -> str:
