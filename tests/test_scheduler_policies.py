@@ -423,3 +423,24 @@ def test_placements_are_deterministic_whatever_the_input_order(p):
     a, b = Exact().solve(p), Exact().solve(p)
     assert a.placement == b.placement
     assert Exact().solve(shuffled).objective == pytest.approx(a.objective)
+
+
+def test_rebalance_never_makes_the_busiest_board_busier_for_traffics_sake():
+    """Two half-full boards whose instances x and y talk a lot (8 links' worth), their
+    big neighbours too dear to move, and a board that joins: colocating x with y on b
+    would save the traffic but fill b to 0.6 for good (what raised the maximum
+    utilisation after joins at scale); the rebalance must not raise the maximum, and
+    moves the work to the new board instead."""
+    boards = [board("a", 1000), board("b", 1000), board("c", 1000)]
+    demands = [task("app/x/0", 100), task("app/y/0", 100),
+               task("app/fa/0", 400, state_bytes=10**9), task("app/fb/0", 400,
+                                                              state_bytes=10**9)]
+    current = {"app/x/0": "a", "app/fa/0": "a", "app/y/0": "b", "app/fb/0": "b"}
+    traffic = [Traffic("app/x/0", "app/y/0", 1e7)]
+    p = Problem(boards, demands, traffic=traffic, current=current)
+    got = get_policy("rebalance").place(p)
+    before = metrics.max_utilisation(p, current)
+    assert metrics.max_utilisation(p, got) <= before + 1e-9
+    assert got["app/x/0"] == got["app/y/0"] == "c"  # to the new board, together
+    assert got["app/fa/0"] == "a" and got["app/fb/0"] == "b"
+    assert metrics.validate(p, got) == []
