@@ -45,6 +45,9 @@ _ENDED = (ProgramStatus.EXITED, ProgramStatus.CRASHED)
 #: an engine's status report's ``meta`` names its fence time only when it differs from
 #: this (a scheduler waits the fence time before recovering its programs)
 DEFAULT_FENCE_S = 10.0
+#: the cores a scheduler assumes for an engine whose report's ``meta`` names none; an
+#: engine names its ``cores`` only when it has another number (same reason as fence_s)
+DEFAULT_CORES = 1
 
 
 def _owner_of(payload: bytes) -> tuple[str | None, int]:
@@ -96,6 +99,7 @@ class CodeEngine:
         journal: MemoryJournal | None = None,
         fence_s: float = DEFAULT_FENCE_S,
         lease_s: float = 30.0,
+        cores: int | None = None,
     ) -> None:
         self.id = p.check_name("engine id", engine_id)
         self.transport = transport
@@ -121,6 +125,11 @@ class CodeEngine:
         self.journal = journal if journal is not None else MemoryJournal()
         #: cut off this long, the engine pauses its programs until it knows it owns them
         self.fence_s = fence_s
+        #: CPU cores for programs (a scheduler's capacity); None: not said (the default)
+        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
+                                  or cores < 1):
+            raise ValueError(f"cores must be an integer >= 1, not {cores!r}")
+        self.cores = cores
         self.timing = m.Timing(step=request_timeout, lease=lease_s)
         self.programs: dict[str, ProgramHost] = {}
         self.epochs: dict[str, int] = {}
@@ -424,6 +433,8 @@ class CodeEngine:
             meta["capabilities"] = self.capabilities
         if self.fence_s != DEFAULT_FENCE_S:
             meta["fence_s"] = self.fence_s
+        if self.cores is not None and self.cores != DEFAULT_CORES:
+            meta["cores"] = self.cores
         return {"id": self.id, "status": self.status, "meta": meta,
                 "codes": codes, "procs": procs, "eventName": event,
                 "timestamp": self.clock.now()}

@@ -9,6 +9,7 @@ The config is ThingsJS's (``pubsub_url``, ``id``, ``device``, ``memory_limit``) 
 ``"migrate"`` to move every program to another live engine before leaving), ``isolate``
 (one process per program, default true), ``program_memory_limit_mb``, ``max_callback_s``,
 ``program_qos`` (0 or 1: the QoS of programs' messages unless a publish names its own),
+``cores`` (what a scheduler may fill; default ``os.cpu_count()``),
 ``snapshot_key`` (a shared secret: sent snapshots are signed, received ones must be) and
 ``migrate_peers`` (the engine ids this worker accepts migrations from; absent: any engine
 whose snapshots carry the fleet's signature, or, without a ``snapshot_key``, none at all).
@@ -27,6 +28,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import ssl
 import sys
@@ -75,6 +77,8 @@ class WorkerConfig:
     lease_s: float = 30.0  # a prepared (migrating-in) copy not committed by then is dropped
     #: QoS of programs' publishes and subscriptions unless a publish names its own
     program_qos: int = 0
+    #: CPU cores a scheduler may fill on this board (absent: os.cpu_count())
+    cores: int | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerConfig:
@@ -133,6 +137,9 @@ class WorkerConfig:
         for name in ("resource_period", "program_memory_limit_mb", "max_callback_s"):
             if getattr(self, name) is not None:
                 _positive(fail, name, getattr(self, name), "or null")
+        if self.cores is not None and (isinstance(self.cores, bool) or
+                                       not isinstance(self.cores, int) or self.cores < 1):
+            raise fail(f"cores must be a whole number >= 1, not {self.cores!r}")
         if self.program_qos not in (0, 1) or isinstance(self.program_qos, bool):
             raise fail(f"program_qos must be 0 or 1, not {self.program_qos!r}")
         if self.on_shutdown not in ("stop", "migrate"):
@@ -258,6 +265,12 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop,
             pass
     return stop
 
+def board_cores(config: WorkerConfig) -> int:
+    """The cores this worker offers a scheduler: the config's ``cores``, else the
+    machine's (a scheduler otherwise assumes one core per board)."""
+    return config.cores if config.cores is not None else max(1, os.cpu_count() or 1)
+
+
 async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the engine until ``stop`` is set (or SIGINT/SIGTERM); returns an exit code."""
 
@@ -276,7 +289,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> int:
                         if config.snapshot_key else None,
                         migrate_peers=config.accepted_migrate_peers(),
                         journal=open_journal(config), fence_s=config.fence_s,
-                        lease_s=config.lease_s)
+                        lease_s=config.lease_s, cores=board_cores(config))
     if not config.snapshot_key and not config.accepted_migrate_peers():
         log.warning("engine %s refuses every migration to it (error 'forbidden'): give the "
                     "workers a shared snapshot_key (provision.sh does), or list the engines "

@@ -195,7 +195,8 @@ def test_sim_bad_values_are_named(tmp_path, text, message):
      "tls must be an object with some of ca_certs, certfile, keyfile, insecure (e.g. "
      '{"ca_certs": "/etc/ssl/certs/broker-ca.pem"}), not \'yes\''),
     ({"pubsub_url": "mqtt://127.0.0.1", "idd": "w1", "id": "w1"},
-     "unknown key(s) idd (did you mean 'id'?); known: capabilities, device, fence_s, id, isolate, "
+     "unknown key(s) idd (did you mean 'id'?); known: capabilities, cores, device, fence_s, id, "
+     "isolate, "
      "keepalive, lease_s, max_callback_s, memory_limit, migrate_peers, on_shutdown, "
      "password, program_memory_limit_mb, program_qos, pubsub_url, request_timeout, "
      "resource_period, "

@@ -123,7 +123,8 @@ def test_recovery_waits_the_fence_time_then_takes_under_a_second() -> None:
 
 def test_a_new_board_joins_and_rebalancing_moves_work_to_it() -> None:
     lab = Lab(boards=1, rebalance_policy="rebalance", period_s=1000.0)
-    token = lab.wait(lab.client.submit(app_doc(count=6, memory_mb=100, cpu=0.15)))["token"]
+    # 3.6 cores: fits only because a desktop VM has 4 (its profile's cores, not 1)
+    token = lab.wait(lab.client.submit(app_doc(count=6, memory_mb=100, cpu=0.6)))["token"]
     lab.run(2.0)
     assert set(lab.where(token).values()) == {"b0"}
     lab.world.add_board("b1", "desktop-vm")

@@ -123,7 +123,12 @@ class SchedulerConfig:
     history: int = 1000
     request_timeout: float = 30.0
     keepalive: float = 10.0
-    board_cpu: float = 1.0  # cores assumed per board (engines do not report theirs)
+    #: cores of a board whose engine names none in its report (``meta.cores``; engines
+    #: name theirs only when it is not 1) and whose device type is not in device_cores
+    board_cpu: float = 1.0
+    #: device type -> cores, for engines that do not say (the simulator fills it from
+    #: its board profiles: simulated engines do not report their cores)
+    device_cores: dict = dataclasses.field(default_factory=dict)
     board_memory_mb: float = 1000.0  # until an engine's resource report says
 
     def check(self) -> None:
@@ -678,10 +683,21 @@ class Scheduler:
                 used += float(rss) / 1e6
             meta = e.meta or {}
             boards.append(BoardView(id=e.id, memory_mb=float(capacity),
-                                    cpu=self.config.board_cpu, device=meta.get("device"),
+                                    cpu=self._cores_of(meta), device=meta.get("device"),
                                     capabilities=frozenset(meta.get("capabilities") or ()),
                                     used_memory_mb=used))
         return boards, dead
+
+    def _cores_of(self, meta: dict) -> float:
+        """A board's CPU capacity: what its engine reports, else what its device type
+        has, else ``board_cpu`` (1 core: what an engine that names none has)."""
+        cores = meta.get("cores")
+        if isinstance(cores, (int, float)) and not isinstance(cores, bool) and cores > 0:
+            return float(cores)
+        by_device = self.config.device_cores.get(meta.get("device"))
+        if isinstance(by_device, (int, float)) and by_device > 0:
+            return float(by_device)
+        return self.config.board_cpu
 
     def _assess(self, live: set[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
         """Where each instance of a live application runs now.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from runtime.scheduler.service import Scheduler, SchedulerConfig
 from runtime.scheduler.store import SchedulerStore
 
-from .boards import get_profile
+from .boards import PROFILES, get_profile
 
 if TYPE_CHECKING:
     from .world import World
@@ -94,8 +94,11 @@ class SchedulerNode:
         self.epoch += 1
         self.transport = self.world.network.client(f"{self.name}", self.link)
         ids = self.world.id_source(f"{self.name}:{self.epoch}")
-        config = self.config if not isinstance(self.config, SchedulerConfig) else \
-            SchedulerConfig(**vars(self.config))
+        config = SchedulerConfig(**self.config) if isinstance(self.config, dict) else \
+            SchedulerConfig(**vars(self.config)) if self.config is not None else \
+            SchedulerConfig()
+        if not config.device_cores:  # simulated engines do not report their cores
+            config.device_cores = {name: prof.cores for name, prof in PROFILES.items()}
         cps = self.checkpoints(self, self.clock, self.transport) if self.checkpoints else None
         self.scheduler = Scheduler(self.transport, self.clock, self.store, config,
                                    holder=f"{self.name}-{self.epoch}", new_id=ids,
