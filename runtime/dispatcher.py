@@ -351,11 +351,13 @@ class Dispatcher:
         if epoch is None and program.engine not in (None, engine_id) and \
                 program.status in ("Running", "Paused"):
             return False  # an epoch-less report about a copy that moved on
+        event = event if isinstance(event, str) else None
+        if event is not None or isinstance(status, str) and status != program.status or \
+                epoch is not None and epoch != program.epoch or \
+                engine_id is not None and engine_id != program.engine:
+            program.event = event  # a registry report repeating the status keeps it
         if epoch is not None:
             program.epoch = epoch
-        event = event if isinstance(event, str) else None
-        if event is not None or isinstance(status, str) and status != program.status:
-            program.event = event  # a registry report repeating the status keeps it
         program.engine = engine_id or program.engine
         if isinstance(status, str):
             program.status = status
@@ -404,11 +406,12 @@ class Dispatcher:
             status = "Unreachable"
         epoch = record.get("epoch")
         newer = isinstance(epoch, int) and epoch > program.epoch
-        if status is None and (program.status == "unknown" or
-                               newer and program.status in ("Lost", "Unreachable")):
-            # until its engine's report says more (a newer owner of a lost program, e.g.
-            # a scheduler's recovery, brings it back: its report at that epoch would
-            # otherwise be taken for the lost copy's)
+        if status is None and (program.status == "unknown" or newer and program.status in
+                               ("Lost", "Unreachable", "Exited", "Crashed")):
+            # until its engine's report says more (a newer owner of a lost or ended
+            # program, e.g. a scheduler's recovery, brings it back: its report at that
+            # epoch would otherwise be taken for the lost copy's, and an engine-stopped
+            # copy's end for the new owner's)
             status = "Running"
         if self._update(program, engine_id, status, record.get("epoch")):
             self._emit("program-monitor-update", program)

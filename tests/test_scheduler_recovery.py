@@ -117,3 +117,30 @@ def test_a_users_kill_of_one_instance_still_ends_it_for_good() -> None:
     assert not again, again
     rows = lab.wait(lab.client.status(token))["instances"]
     assert [v["status"] for v in rows.values() if v["id"] == victim] == ["ended"]
+
+
+def test_a_newer_owner_record_ends_an_engine_stop_for_the_dispatcher() -> None:
+    """Seen on real workers: the recovered copy's owner record (epoch 2, w2) came before
+    its report, and the program view kept "Exited by engine-stop" with engine w2, so the
+    scheduler took w2 for a stopping engine too.  A newer owner means it runs again."""
+    from runtime.clock import VirtualClock
+    from runtime.dispatcher import Dispatcher
+    from runtime.memory import MemoryBroker
+
+    clock = VirtualClock()
+    broker = MemoryBroker(clock)
+    d = Dispatcher(broker.client("d"), clock, {"id": "d"}).start()
+    pub = broker.client("w")
+    pub.connect()
+    clock.run(0.1)
+    iid = "seq.t-0"
+    pub.publish(p.PROGRAM_MONITOR, p.encode(
+        {"code_name": "seq", "instance_id": iid, "status": "Exited", "engine": "w1",
+         "eventName": p.STOPPED_BY_ENGINE, "epoch": 1}), qos=1)
+    clock.run(0.2)
+    assert (d.programs[iid].status, d.programs[iid].event) == ("Exited", "engine-stop")
+    pub.publish(p.owner_topic(iid), p.encode({"engine": "w2", "epoch": 2,
+                                              "code_name": "seq"}), qos=1, retain=True)
+    clock.run(0.3)
+    prog = d.programs[iid]
+    assert (prog.engine, prog.epoch, prog.status, prog.event) == ("w2", 2, "Running", None)
