@@ -118,6 +118,10 @@ EXPERIMENTS = [
                "python experiments/scheduling.py --seed 1 --out results/scheduling",
                measured=("scheduling/policies.csv", "scheduling/policies.png",
                          "scheduling/policies.pdf")),
+    Experiment("recovery",
+               "python experiments/recovery.py --seed 1 --real --out results/scheduling",
+               measured=("scheduling/recovery.csv", "scheduling/recovery.png"),
+               needs="Mosquitto or amqtt"),
     Experiment("riotbench_real",
                "python experiments/riotbench_real.py --seed 1 --out results/riotbench",
                measured=tuple(f"riotbench/{f}" for f in (

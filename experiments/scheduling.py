@@ -61,6 +61,8 @@ from runtime.scheduler.model import (  # noqa: E402
 )
 from runtime.scheduler.policies import get_policy  # noqa: E402
 from runtime.scheduler.problem import problem_for  # noqa: E402
+from thingssim.experiment import stats  # noqa: E402
+from thingssim.experiment.spec import Experiment  # noqa: E402
 from thingssim.sim.boards import PROFILES  # noqa: E402
 
 HEURISTICS = ["thingsjs", "first-fit", "best-fit", "worst-fit", "network-aware", "rebalance"]
@@ -244,7 +246,7 @@ COLUMNS = ["scenario", "boards", "instances", "seed", "policy", "status", "time_
            "gap_traffic"]
 
 
-def plot(df: pd.DataFrame, out: Path) -> None:
+def plot(df: pd.DataFrame, out: Path, stem: str = "policies") -> list[Path]:
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     scale = df[(df.scenario == "scale") & (df.status == "ok")]
     sizes = sorted({(b, i) for b, i in zip(scale.boards, scale.instances)})
@@ -291,9 +293,10 @@ def plot(df: pd.DataFrame, out: Path) -> None:
     ax.set_title("optimality gap (blue: balance, relative; orange: traffic, share)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "policies.png", dpi=110)
-    fig.savefig(out / "policies.pdf", metadata={"CreationDate": None})
+    fig.savefig(out / f"{stem}.png", dpi=110)
+    fig.savefig(out / f"{stem}.pdf", metadata={"CreationDate": None})
     plt.close(fig)
+    return [out / f"{stem}.png", out / f"{stem}.pdf"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +329,79 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run time: {time.perf_counter() - started:.1f} s; wrote {args.out}/policies.csv, "
           f"policies.png, policies.pdf")
     return 0
+
+
+# ---------------------------------------------------------------- the framework's view
+#: ``thingssim experiment scheduling [--quick]``: the script's studies as points (a
+#: ``scale`` point also yields its ``join`` rows), each seed a replication (the script
+#: is seed 1 of it); rows keep their own ``scenario`` and ``policy``
+KEYS = ["study", "boards", "instances"]
+METRICS = ["time_s", "max_util", "imbalance_cv", "cross_share", "link_load", "migrations",
+           "migration_s", "violations", "max_util_before", "gap_balance", "gap_traffic"]
+PARAMS: dict[str, Any] = {"scale": SCALE, "gap": GAP, "time_limit": 20.0}
+
+
+def design(params: Any) -> list[dict[str, Any]]:
+    return [{"study": "scale", "boards": b, "instances": i,
+             "time_limit": params["time_limit"]} for b, i in params["scale"]] + \
+        [{"study": "gap", "boards": b, "instances": i, "time_limit": params["time_limit"]}
+         for b, i in params["gap"]]
+
+
+def trial(point: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    if point["study"] == "scale":
+        rows = scale_rows(point["boards"], point["instances"], seed)
+    else:
+        rows = gap_rows(point["boards"], point["instances"], seed, point["time_limit"])
+    return [{k: v for k, v in row.items() if k != "seed"} for row in rows]
+
+
+def summarise(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario (scale, join, gap), size and policy: a point holds every policy."""
+    return stats.ci_summary(trials, ["scenario", "boards", "instances", "policy"], METRICS)
+
+
+def figures(trials: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+    """The script's figure: scale and join at the first seed, the gaps over all."""
+    first = trials[(trials.scenario == "gap") | (trials.seed == trials.seed.min())]
+    return plot(first, out, "fig_policies")
+
+
+def headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """After 20% of the boards join (the largest size): balance and moves per policy."""
+    table = stats.wide(summary, ["scenario", "boards", "instances", "policy"])
+    join = table[table.scenario == "join"]
+    if join.empty:
+        return join
+    join = join[join.instances == join.instances.max()]
+    join = join[join.boards == join.boards.max()]
+    return pd.DataFrame({"policy": join.policy, "boards": join.boards,
+                         "instances": join.instances,
+                         "max util before": join.max_util_before,
+                         "max util after": join.max_util,
+                         "imbalance (CV)": join.imbalance_cv,
+                         "migrations": join.migrations}).reset_index(drop=True)
+
+
+EXPERIMENT = Experiment(
+    name="scheduling",
+    title="Placement policies: time, balance, traffic, migrations, optimality gap",
+    description="\n\n".join(__doc__.split("\n\n")[1:3]),
+    params=PARAMS,
+    seeds=range(1, 4),
+    presets={"quick": {"scale": SCALE_QUICK, "gap": GAP[:3], "time_limit": 10.0,
+                       "seeds": range(1, 3)},
+             "tiny": {"scale": SCALE_QUICK[:2], "gap": GAP[:1], "time_limit": 5.0,
+                      "seeds": [1]}},
+    keys=KEYS,
+    metrics=METRICS,
+    design=design,
+    trial=trial,
+    figures=figures,
+    headline=headline,
+    summarise=summarise,
+    deterministic=False,  # time_s is wall time; every other column is seeded
+)
 
 
 if __name__ == "__main__":
