@@ -44,10 +44,10 @@ runs, not when this module is imported).
     rebalancing cannot raise the maximum utilisation, however much traffic a move
     would save: chatty peers are brought together on the less loaded side.  New
     instances (and those evicted from an overloaded or gone board) are placed worst-fit
-    first; then passes over the boards,
-    busiest first, make each board's most improving move (one per board and pass, so
-    the busiest boards shed work first; destinations: the least loaded boards and the
-    boards of the instance's peers) until a pass makes none.
+    first; then passes over the boards, busiest first, make each board's most improving
+    move (one per board and pass, so the busiest boards shed work first; destinations:
+    the least loaded boards and the boards of the instance's peers) until a pass makes
+    none.
 ``exact``
     The MILP of ``exact.py`` (scipy's HiGHS): optimal for small instances.
 """
