@@ -41,7 +41,7 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from runtime.subscriptions import SubscriptionTable
 from runtime.topics import validate_filter, validate_topic
@@ -92,7 +92,7 @@ class SimTransport:
         self._will: Message | None = None
         #: when each core of the board is next free (``Board.cores``): messages leave
         #: once core 0, the engine's thread that relays them, is free; None: at once
-        self.gate: list[float] | None = None
+        self.gate: Sequence[float] | None = None
         self._subs = SubscriptionTable(
             lambda handler, message, exc: network._handler_failed(client_id, message, exc),
             owner=client_id)

@@ -97,11 +97,12 @@ class Packet:
 class Direction:
     """One direction of a link: a FIFO serialisation queue with its own random stream."""
 
-    __slots__ = ("link", "free_at", "last_arrival", "rng", "latency", "bandwidth",
+    __slots__ = ("link", "up", "free_at", "last_arrival", "rng", "latency", "bandwidth",
                  "jitter", "loss", "bytes_sent")
 
     def __init__(self, link: Link, rng: random.Random) -> None:
         self.link = link
+        self.up = True  # the link's is_up, kept here too: send() then reads no other object
         self.rng = rng
         self.free_at = 0.0
         self.last_arrival = 0.0
@@ -109,7 +110,7 @@ class Direction:
 
     def send(self, now: float, nbytes: int, lossy: bool) -> float:
         """Put a packet on this direction at ``now``: its arrival time, or LOST / DOWN."""
-        if not self.link.is_up:
+        if not self.up:
             return DOWN
         free_at = self.free_at
         end = (free_at if free_at > now else now) + nbytes * 8.0 / self.bandwidth
@@ -159,7 +160,7 @@ class Link:
         if not self.is_up:
             return
         now = self.network.env.now
-        self.is_up = False
+        self.is_up = self.up_dir.up = self.down_dir.up = False
         self.epoch += 1
         self.up_dir.flush(now)
         self.down_dir.flush(now)
@@ -169,7 +170,7 @@ class Link:
         """Restore the link; clients that have not noticed the outage carry on."""
         if self.is_up:
             return
-        self.is_up = True
+        self.is_up = self.up_dir.up = self.down_dir.up = True
         self.network._link_up(self)
 
     @property
