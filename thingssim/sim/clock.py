@@ -91,7 +91,8 @@ class SimEnvironment(simpy.Environment):
         self._entry: tuple = (float("-inf"), URGENT, -1)
         self._per_slot = 1.0 / slot
         self._slot = -_LAST_SLOT  # the slot being read: _run and _late hold its entries
-        self._run: list[tuple] = []  # the current slot's entries, sorted; read from _next
+        #: the current slot's entries, sorted; read from _next (None: already run)
+        self._run: list[tuple | None] = []
         self._next = 0
         self._late: list[tuple] = []  # heap: entries queued for the slot being read
         self._slots: list[int] = []  # heap of the later slots that have entries
@@ -139,7 +140,9 @@ class SimEnvironment(simpy.Environment):
         late = self._late
         if i < len(run) and not (late and late[0] < run[i]):
             self._next = i + 1
-            return run[i]
+            entry = run[i]
+            run[i] = None  # see run()
+            return entry
         return heappop(late)
 
     def _advance(self) -> bool:
@@ -248,6 +251,10 @@ class SimEnvironment(simpy.Environment):
                     if not entry < stop:
                         break
                     self._next = i + 1
+                    # let the entry go once it has run, while it is in the cache (a slot
+                    # can hold thousands of entries: freed with the slot, they would be
+                    # cold again)
+                    run[i] = None
             elif late:
                 entry = late[0]
                 if not entry < stop:
