@@ -37,6 +37,11 @@ Each worker gets a config file ``<state_dir>/<name>.json`` (``pubsub_url``, ``id
 lab's state (pids, addresses, shaping) is in ``<state_dir>/lab.json``.
 :func:`lab_down` stops every process of the lab and removes every namespace, link and file.
 
+CPUs and memory: each worker and its program processes run in a cgroup whose CPU quota
+and memory limit come from the board profile (:mod:`thingssim.labcpu`), so a lab "Pi
+Zero" computes like one; where cgroups are missing the lab runs un-throttled and says so
+(``lab.cpu_emulation``, ``thingssim lab status``).
+
 Needs root and iproute2 (``ip``, ``tc``) and Mosquitto; otherwise :class:`LabError`.
 """
 
@@ -65,6 +70,7 @@ from typing import Any, Sequence
 
 import click
 
+from . import labcpu
 from .sim.boards import BoardProfile, get_profile
 
 __all__ = ["Lab", "LabConfig", "LabError", "LabWorker", "lab_down", "lab_group", "lab_status",
@@ -79,6 +85,7 @@ RTO = 0.2
 MSS = 1448
 """TCP payload bytes per segment at MTU 1500, for the relay's per-segment loss."""
 SHAPING_METHODS = ("auto", "netem", "tbf+relay", "none")
+CPU_METHODS = ("auto", "none")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,12}$")  # "<prefix>-h" must fit IFNAMSIZ (15)
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -104,6 +111,12 @@ class LabConfig:
     state_dir: str | None = None
     shaping: str = "auto"
     keepalive: int = 10
+    cpu: str = "auto"
+    """``"auto"``: emulate the boards' CPU and memory with cgroups where the machine has
+    them (:mod:`thingssim.labcpu`), un-throttled (and saying so) where not; ``"none"``."""
+    machine_factor: float | None = None
+    """This machine's ``cpu_factor`` (``thingssim calibrate``); measured at ``lab up``
+    when not given."""
 
     def validate(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -123,6 +136,10 @@ class LabConfig:
             raise LabError(f"bad broker port {self.broker_port!r}")
         if self.shaping not in SHAPING_METHODS:
             raise LabError(f"shaping must be one of {', '.join(SHAPING_METHODS)}")
+        if self.cpu not in CPU_METHODS:
+            raise LabError(f"cpu must be one of {', '.join(CPU_METHODS)}")
+        if self.machine_factor is not None and not self.machine_factor > 0:
+            raise LabError(f"machine factor must be > 0, got {self.machine_factor!r}")
         for name in self.profile_names():
             try:
                 get_profile(name)
@@ -156,6 +173,9 @@ class LabWorker:
     config_file: str = ""
     log_file: str = ""
     link: dict[str, Any] = field(default_factory=dict)
+    cgroup: dict[str, Any] = field(default_factory=dict)
+    """Its CPU and memory limits (:class:`thingssim.labcpu.WorkerGroup`); empty when the
+    lab does not emulate CPUs."""
 
     @property
     def alive(self) -> bool:
@@ -180,6 +200,9 @@ class Lab:
     broker_start: int | None = None
     hub_namespace: str = ""
     created: float = 0.0
+    cpu_emulation: dict[str, Any] = field(default_factory=dict)
+    """``method`` ("cgroup v1", "cgroup v2" or "none"), ``machine_factor``,
+    ``machine_cpus``, and ``reason`` when it is "none"."""
 
     @property
     def broker_url(self) -> str:
@@ -318,8 +341,10 @@ def _pid_alive(pid: int | None, start: int | None) -> bool:
 
 
 def _spawn(ns: str, argv: Sequence[str], log: Path, *, cwd: Path,
-           env: dict[str, str] | None = None) -> tuple[int, int | None]:
-    """Start ``argv`` in namespace ``ns``, detached, output to ``log``; (pid, start time)."""
+           env: dict[str, str] | None = None,
+           cgroups: list[str] | None = None) -> tuple[int, int | None]:
+    """Start ``argv`` in namespace ``ns``, detached, output to ``log``; (pid, start time).
+    ``cgroups``: ``cgroup.procs`` files it joins before exec (so its children are in)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
@@ -327,7 +352,8 @@ def _spawn(ns: str, argv: Sequence[str], log: Path, *, cwd: Path,
     with open(log, "ab") as out:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=str(cwd),
-                                env=full_env, start_new_session=True)
+                                env=full_env, start_new_session=True,
+                                preexec_fn=labcpu.join_function(cgroups or []))
     _CHILDREN[proc.pid] = proc
     return proc.pid, _proc_start(proc.pid)
 
@@ -490,7 +516,8 @@ def _shape_link(method: str, p: BoardProfile, ends: list[tuple[str, str]]) -> di
 def lab_up(n: int, profiles: list[str] | None = None, *, prefix: str = DEFAULT_PREFIX,
            subnet: str = DEFAULT_SUBNET, worker_command: list[str] | None = None,
            broker_port: int = 1883, state_dir: str | None = None, shaping: str = "auto",
-           keepalive: int = 10, ready_timeout: float = 10.0) -> Lab:
+           keepalive: int = 10, ready_timeout: float = 10.0, cpu: str = "auto",
+           machine_factor: float | None = None) -> Lab:
     """Start a lab of ``n`` workers (profiles cycled, default raspberry-pi-3) and a broker.
 
     ``worker_command`` overrides ``[sys.executable, "-m", "thingssim.cli", "worker",
@@ -504,12 +531,19 @@ def lab_up(n: int, profiles: list[str] | None = None, *, prefix: str = DEFAULT_P
     ``shaping``: ``"auto"`` (netem if the kernel has it, else tbf+relay), ``"netem"`` (the
     same: falls back when netem is missing), ``"tbf+relay"`` or ``"none"``.
 
+    ``cpu``: ``"auto"`` puts each worker and its program processes in a cgroup whose CPU
+    quota and memory limit make it compute like its board (:mod:`thingssim.labcpu`;
+    ``machine_factor`` is this machine's ``thingssim calibrate`` factor, measured here
+    when not given); where cgroups are missing the lab runs un-throttled and records why
+    in ``lab.cpu_emulation``. ``"none"``: never throttle.
+
     On failure everything created so far is removed and :class:`LabError` is raised.
     """
     cfg = LabConfig(n=n, profiles=list(profiles) if profiles else None, prefix=prefix,
                     subnet=subnet, worker_command=list(worker_command) if worker_command
                     else None, broker_port=broker_port, state_dir=state_dir,
-                    shaping=shaping, keepalive=keepalive)
+                    shaping=shaping, keepalive=keepalive, cpu=cpu,
+                    machine_factor=machine_factor)
     return start_lab(cfg, ready_timeout=ready_timeout)
 
 
@@ -635,6 +669,8 @@ def _build(lab: Lab, cfg: LabConfig, hosts: list, plen: int, mosquitto: str,
                 raise LabError(f"the relay of {w.name} did not start" + _log_tail(rlog))
             time.sleep(0.02)
 
+    _emulate_cpus(lab, cfg)
+    lab.save()
     template = cfg.worker_command or [sys.executable, "-m", "thingssim.cli", "worker",
                                       "{config}"]
     if not any("{config}" in arg for arg in template):
@@ -662,8 +698,49 @@ def _build(lab: Lab, cfg: LabConfig, hosts: list, plen: int, mosquitto: str,
             argv.append(arg)
         w.pid, w.pid_start = _spawn(w.namespace, argv, Path(w.log_file), cwd=state_dir,
                                     env={"THINGSSIM_LAB": lab.prefix,
-                                         "THINGSSIM_LAB_WORKER": w.name})
+                                         "THINGSSIM_LAB_WORKER": w.name},
+                                    cgroups=w.cgroup.get("procs_files"))
     lab.save()
+
+
+def _emulate_cpus(lab: Lab, cfg: LabConfig) -> None:
+    """Give each worker its cgroup (CPU quota, memory limit) or record why not."""
+    if cfg.cpu == "none":
+        lab.cpu_emulation = {"method": "none", "reason": "turned off (cpu='none')"}
+        return
+    support = labcpu.detect()
+    if not support.available:
+        lab.cpu_emulation = {"method": "none", "reason": support.reason}
+        return
+    factor = cfg.machine_factor
+    if factor is None:
+        from .calibrate import calibrate
+
+        factor = calibrate(1.0)["cpu_factor"]
+    cpus = os.cpu_count() or 1
+    lab.cpu_emulation = {"method": f"cgroup {support.version}", "machine_factor": factor,
+                         "machine_cpus": cpus}
+    try:
+        for w in lab.workers:
+            limit = labcpu.cpu_limit(get_profile(w.profile), factor, cpus)
+            w.cgroup = labcpu.create_group(support, lab.prefix, w.name, limit).to_dict()
+            lab.save()  # lab_down removes what exists so far
+    except OSError as exc:
+        for w in lab.workers:
+            labcpu.remove_group(w.cgroup.get("paths", []))
+            w.cgroup = {}
+        lab.cpu_emulation = {"method": "none", "reason": f"the kernel refused a cgroup: {exc}"}
+
+
+def cpu_note(lab: Lab) -> str:
+    """One line on how (or whether) the lab emulates the boards' CPUs."""
+    emu = lab.cpu_emulation or {}
+    if emu.get("method", "none") == "none":
+        return ("cpu: NOT emulated (" + emu.get("reason", "an older lab") + "): the workers "
+                "compute at this machine's speed, only their links are shaped")
+    return (f"cpu: {emu['method']} quotas against this machine's cpu_factor "
+            f"{emu['machine_factor']:.3g} ({emu['machine_cpus']} CPUs); memory limits from "
+            "the profiles")
 
 
 def lab_down(prefix: str = DEFAULT_PREFIX, *, state_dir: str | None = None) -> list[str]:
@@ -700,6 +777,10 @@ def lab_down(prefix: str = DEFAULT_PREFIX, *, state_dir: str | None = None) -> l
     for ns in namespaces:
         _ip("netns", "delete", ns, check=False)
         removed.append(f"netns {ns}")
+    groups = _lab_cgroups(prefix, lab)
+    if groups:
+        stuck = labcpu.remove_group(groups)
+        removed.append(f"{len(groups) - len(stuck)} cgroups")
     host_if = f"{prefix}-h"
     deadline = time.monotonic() + 3.0
     while _link_exists(host_if) and time.monotonic() < deadline:
@@ -710,9 +791,22 @@ def lab_down(prefix: str = DEFAULT_PREFIX, *, state_dir: str | None = None) -> l
         removed.append(f"dir {directory}")
     _reap()
     left = _lab_namespaces(prefix) + ([host_if] if _link_exists(host_if) else [])
+    left += [g for g in _lab_cgroups(prefix, None) if Path(g).exists()]
     if left:
         raise LabError(f"lab {prefix!r}: could not remove {', '.join(left)}")
     return removed
+
+
+def _lab_cgroups(prefix: str, lab: Lab | None) -> list[str]:
+    """The worker cgroups of lab ``prefix``: those its state records, and any
+    ``thingssim-<prefix>/*`` left in the hierarchies (a lab whose state file is gone)."""
+    paths = [p for w in (lab.workers if lab else []) for p in w.cgroup.get("paths", [])]
+    for root in (labcpu.CGROUP_ROOT, labcpu.CGROUP_ROOT / "unified",
+                 labcpu.CGROUP_ROOT / "cpu", labcpu.CGROUP_ROOT / "memory"):
+        parent = root / f"thingssim-{prefix}"
+        with contextlib.suppress(OSError):
+            paths += [str(g) for g in sorted(parent.iterdir()) if g.is_dir()]
+    return list(dict.fromkeys(paths))
 
 
 def lab_status(prefix: str = DEFAULT_PREFIX, state_dir: str | None = None) -> list[dict]:
@@ -722,10 +816,13 @@ def lab_status(prefix: str = DEFAULT_PREFIX, state_dir: str | None = None) -> li
         return []
     rows = [{"worker": "(broker)", "namespace": lab.broker_namespace,
              "address": f"{lab.broker_address}:{lab.broker_port}", "profile": "-",
-             "shaping": "-", "alive": lab.broker_alive()}]
+             "shaping": "-", "cpus": "-", "memory": "-", "alive": lab.broker_alive()}]
     for w in lab.workers:
+        group = w.cgroup or {}
         rows.append({"worker": w.name, "namespace": w.namespace, "address": w.address,
                      "profile": w.profile, "shaping": w.shaping,
+                     "cpus": f"{group['cpus']:.4g}" if group else "-",
+                     "memory": f"{group['memory_bytes'] >> 20}M" if group else "-",
                      "alive": w.alive and (w.relay_pid is None
                                            or _pid_alive(w.relay_pid, w.relay_start))})
     return rows
@@ -975,16 +1072,22 @@ def lab_group() -> None:
 @click.option("--worker-command", default=None,
               help="Override the worker command (a shell-style string; placeholders "
                    "{config} {id} {profile} {pubsub_url} {broker_url} {state_dir}).")
+@click.option("--cpu", type=click.Choice(CPU_METHODS), default="auto", show_default=True,
+              help="Emulate the boards' CPUs and memory with cgroups (auto) or not (none).")
+@click.option("--machine-factor", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="This machine's cpu_factor (thingssim calibrate); measured if not given.")
 @_DIR_OPT
 def _up(n: int, profiles: tuple[str, ...], prefix: str, subnet: str, broker_port: int,
-        shaping: str, worker_command: str | None, state_dir: str | None) -> None:
+        shaping: str, worker_command: str | None, cpu: str, machine_factor: float | None,
+        state_dir: str | None) -> None:
     """Start a broker and N workers, each in its own network namespace."""
     import shlex
 
     try:
         lab = lab_up(n, list(profiles) or None, prefix=prefix, subnet=subnet,
                      broker_port=broker_port, shaping=shaping, state_dir=state_dir,
-                     worker_command=shlex.split(worker_command) if worker_command else None)
+                     worker_command=shlex.split(worker_command) if worker_command else None,
+                     cpu=cpu, machine_factor=machine_factor)
     except (LabError, OSError) as exc:
         raise _fail(exc) from None
     click.echo(f"lab {lab.prefix}: broker {lab.broker_url} (from the host too), "
@@ -1016,12 +1119,16 @@ def _status(prefix: str, state_dir: str | None) -> None:
 
 def _print_status(prefix: str, state_dir: str | None) -> None:
     rows = lab_status(prefix, state_dir)
-    header = ["worker", "namespace", "address", "profile", "shaping", "alive"]
+    header = ["worker", "namespace", "address", "profile", "shaping", "cpus", "memory",
+              "alive"]
     table = [header] + [[str(r[h]) if h != "alive" else ("yes" if r[h] else "NO")
                          for h in header] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    lab = load_lab(prefix, state_dir)
+    if lab is not None:
+        click.echo(cpu_note(lab))
 
 
 if __name__ == "__main__":  # `python -m thingssim.lab relay ...` runs the relay
