@@ -114,6 +114,8 @@ class LabConfig:
     cpu: str = "auto"
     """``"auto"``: emulate the boards' CPU and memory with cgroups where the machine has
     them (:mod:`thingssim.labcpu`), un-throttled (and saying so) where not; ``"none"``."""
+    worker_config: dict[str, Any] | None = None
+    """More worker config keys (``request_timeout``...), merged into each worker's file."""
     machine_factor: float | None = None
     """This machine's ``cpu_factor`` (``thingssim calibrate``); measured at ``lab up``
     when not given."""
@@ -517,7 +519,8 @@ def lab_up(n: int, profiles: list[str] | None = None, *, prefix: str = DEFAULT_P
            subnet: str = DEFAULT_SUBNET, worker_command: list[str] | None = None,
            broker_port: int = 1883, state_dir: str | None = None, shaping: str = "auto",
            keepalive: int = 10, ready_timeout: float = 10.0, cpu: str = "auto",
-           machine_factor: float | None = None) -> Lab:
+           machine_factor: float | None = None,
+           worker_config: dict[str, Any] | None = None) -> Lab:
     """Start a lab of ``n`` workers (profiles cycled, default raspberry-pi-3) and a broker.
 
     ``worker_command`` overrides ``[sys.executable, "-m", "thingssim.cli", "worker",
@@ -543,7 +546,7 @@ def lab_up(n: int, profiles: list[str] | None = None, *, prefix: str = DEFAULT_P
                     subnet=subnet, worker_command=list(worker_command) if worker_command
                     else None, broker_port=broker_port, state_dir=state_dir,
                     shaping=shaping, keepalive=keepalive, cpu=cpu,
-                    machine_factor=machine_factor)
+                    machine_factor=machine_factor, worker_config=worker_config)
     return start_lab(cfg, ready_timeout=ready_timeout)
 
 
@@ -683,7 +686,7 @@ def _build(lab: Lab, cfg: LabConfig, hosts: list, plen: int, mosquitto: str,
         text = json.dumps({
             "pubsub_url": w.pubsub_url, "id": w.name, "device": p.name,
             "memory_limit": p.memory_mb, "keepalive": cfg.keepalive,
-            "snapshot_key": fleet_key}, indent=2) + "\n"
+            "snapshot_key": fleet_key, **(cfg.worker_config or {})}, indent=2) + "\n"
         fd = os.open(w.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # also if an older file was there
         with os.fdopen(fd, "w") as config_file:  # the key: readable by its owner only

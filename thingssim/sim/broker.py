@@ -68,14 +68,26 @@ _ROUTE_CACHE_LIMIT = 100_000
 class BrokerProfile:
     """The broker: ``service_time`` s of CPU per inbound packet (FIFO single server; 0 is
     an infinitely fast broker; ~50e-6 matches Mosquitto's ~20k msg/s on the development
-    machine), and whether sessions and retained messages survive an outage."""
+    machine), and whether sessions and retained messages survive an outage.
+
+    A silent client's will fires ``will_factor * keepalive + will_offset`` after the
+    broker last heard from it: MQTT says 1.5 x keepalive (the default); a real broker's
+    own timer makes it later (``thingssim calibrate --from-lab`` measures Mosquitto's)."""
 
     service_time: float = 0.0
     persistence: bool = True
+    will_factor: float = 1.5
+    will_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.service_time < 0:
             raise ValueError("service_time must be >= 0")
+        if not self.will_factor > 0 or self.will_offset < 0:
+            raise ValueError("will_factor must be > 0 and will_offset >= 0")
+
+    def will_delay(self, keepalive: float) -> float:
+        """Seconds from the last packet heard to a silent client's will."""
+        return self.will_factor * keepalive + self.will_offset
 
 
 class Session:
@@ -640,7 +652,7 @@ class Broker:
         now = self.env._time
         if session.silent_since is None:
             session.silent_since = now
-        self._call_at(max(now, session.silent_since + 1.5 * session.keepalive),
+        self._call_at(max(now, session.silent_since + self.profile.will_delay(session.keepalive)),
                       self._will_check, session, session.token, self.epoch)
 
     def client_heard(self, client: SimTransport) -> None:
@@ -660,7 +672,7 @@ class Broker:
         client = session.client
         if client is not None and client._heard_at > heard:
             heard = client._heard_at  # a held arrival (see hold())
-        deadline = heard + 1.5 * session.keepalive
+        deadline = heard + self.profile.will_delay(session.keepalive)
         if deadline > now:
             self._call_at(deadline, self._will_check, session, token, epoch)
             return

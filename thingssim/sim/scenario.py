@@ -180,8 +180,11 @@ class Scenario:
         trace = data.get("trace", True)
         if not isinstance(trace, bool):
             raise ScenarioError(f"scenario: trace must be true or false, not {trace!r}")
-        broker = _table(data, "broker", {f.name for f in fields(BrokerProfile)})
-        cost = _table(data, "cost", {f.name for f in fields(CostModel)})
+        broker = _calibrated(_table(data, "broker",
+                                    {"from"} | {f.name for f in fields(BrokerProfile)}),
+                             "broker", base_dir)
+        cost = _calibrated(_table(data, "cost", {"from"} | {f.name for f in fields(CostModel)}),
+                           "cost", base_dir)
         for section, kind in (("broker", BrokerProfile), ("cost", CostModel)):
             try:
                 kind(**(broker if section == "broker" else cost))
@@ -313,6 +316,23 @@ def _table(data: dict, section: str, known: set[str]) -> dict:
         raise ScenarioError(f"'{section}' must be a table ([{section}]), not {table!r}")
     _no_unknown(f"[{section}]", table, known)
     return dict(table)
+
+
+def _calibrated(table: dict, section: str, base_dir: Path) -> dict:
+    """``from = "calibration.json"`` (relative to the scenario) fills the section from a
+    calibration (:mod:`thingssim.sim.calibration`); keys given beside it win."""
+    if "from" not in table:
+        return table
+    from .calibration import CalibrationError, load_calibration
+
+    source = table.pop("from")
+    if not isinstance(source, str):
+        raise ScenarioError(f"[{section}]: from must be a file name, not {source!r}")
+    try:
+        calibration = load_calibration(base_dir / source)
+    except CalibrationError as exc:
+        raise ScenarioError(f"[{section}]: {exc}") from None
+    return {**getattr(calibration, section), **table}
 
 
 def _entries(data: dict, section: str) -> list[tuple[str, dict]]:

@@ -7,7 +7,10 @@ Cost model (deterministic by default, so one seed gives byte-identical results):
 - a program event costs ``event_cost`` reference-seconds (``cost_model="fixed"``), or its
   measured CPU time (``cost_model="measured"``: realistic, not reproducible), divided by
   the board's ``cpu_factor``; events queue for the board's cores (FIFO);
-- snapshot and restore cost ``*_cost_per_byte`` reference-seconds per byte;
+- snapshot and restore cost ``*_base_cost`` plus ``*_cost_per_byte`` reference-seconds
+  per byte; a board's first restore since it booted (no program process started there
+  yet) also pays ``child_start_cost``, a real worker's cold program process (its warm
+  pool is empty until the first program takes a process);
 - snapshot/restore run on the engine's thread (core 0), which also relays every message
   the board publishes: messages leave when it is free (so a migration's transfer starts
   after its snapshot is taken); program events run on any free core;
@@ -48,10 +51,20 @@ class CostModel:
     restore_cost_per_byte: float = 35e-9
     program_base_mb: float = 8.0
     engine_base_mb: float = 24.0
+    #: fixed reference seconds per snapshot and per restore (pausing, the round trip to
+    #: a program process); 0 unless a calibration gives them
+    snapshot_base_cost: float = 0.0
+    restore_base_cost: float = 0.0
+    #: reference seconds for a board's first program process (see the module docstring)
+    child_start_cost: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("fixed", "measured"):
             raise ValueError(f"cost model mode must be 'fixed' or 'measured', not {self.mode!r}")
+        for name in ("event_cost", "snapshot_cost_per_byte", "restore_cost_per_byte",
+                     "snapshot_base_cost", "restore_base_cost", "child_start_cost"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"cost model {name} must be >= 0, got {getattr(self, name)!r}")
 
 
 def link_profile(profile: BoardProfile) -> LinkProfile:
@@ -160,6 +173,8 @@ class BoardMeter:
         self._engine_used: float | None = None
         self._engine_cpu: float | None = None
         self._engine_usage: dict = {}
+        #: a program process is started (or warm) on this board: no cold start to pay
+        self._warm = False
 
     def _record(self, host: Any) -> _ProgramMeter:
         record = self._programs.get(host)
@@ -179,9 +194,15 @@ class BoardMeter:
         board.events += 1
 
     def work(self, kind: str, nbytes: int, seconds: float) -> float:
-        per_byte = self.model.snapshot_cost_per_byte if kind == "snapshot" else \
-            self.model.restore_cost_per_byte
-        cost = nbytes * per_byte if self.model.mode == "fixed" else seconds
+        model = self.model
+        if kind == "snapshot":
+            base, per_byte = model.snapshot_base_cost, model.snapshot_cost_per_byte
+        else:
+            base, per_byte = model.restore_base_cost, model.restore_cost_per_byte
+            if not self._warm:
+                self._warm = True
+                base += model.child_start_cost
+        cost = base + nbytes * per_byte if model.mode == "fixed" else seconds
         spent = cost / self.board.profile.cpu_factor
         self.board.occupy(spent, core=0)  # the engine's own thread
         self.board.cpu_seconds += spent
@@ -198,6 +219,7 @@ class BoardMeter:
             raise MemoryError(f"board {self.board.name} has {free:.1f} MB free, "
                               f"program {host.instance_id} needs {need:.1f} MB")
         self._program_mb[id(host)] = need
+        self._warm = True  # its process was started: the next one is warm
         self._record(host).mb = need
         self._total()
 
@@ -362,7 +384,16 @@ class World:
 
     def __init__(self, seed: int = 0, *, broker: BrokerProfile | None = None,
                  cost: CostModel | None = None, trace: bool = True,
-                 keepalive: float = 10.0) -> None:
+                 keepalive: float = 10.0, calibration: Any = None) -> None:
+        """``calibration``: a :class:`~thingssim.sim.calibration.Calibration` or its file;
+        it supplies the cost model and broker profile not given here."""
+        if calibration is not None:
+            from .calibration import Calibration, load_calibration
+
+            if not isinstance(calibration, Calibration):
+                calibration = load_calibration(calibration)
+            cost = cost or calibration.cost_model()
+            broker = broker or calibration.broker_profile()
         self.seed = seed
         self.env = SimEnvironment()
         self.clock = SimPyClock(self.env)
