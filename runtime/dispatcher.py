@@ -193,6 +193,15 @@ class Dispatcher:
         fut = self._engine_request(engine_id, "recover_code", kwargs)
         return then(self.clock.create_future, fut, self._learn)
 
+    def fence_instances(self, engine_id: str, instances: dict[str, int],
+                        timeout: float | None = None) -> Any:
+        """Ask ``engine_id`` to promise that it takes no migration of these instances to
+        an epoch at or below the one given (``{instance_id: epoch}``), before they are
+        recovered at that epoch; the answer says what it holds of each (see
+        ``CodeEngine._cmd_fence_instances``)."""
+        return self._engine_request(engine_id, "fence_instances",
+                                    {"instances": dict(instances)}, timeout)
+
     def checkpoint_code(self, instance_id: str) -> Any:
         """A checkpoint of a program: ``{snapshot (signed by its engine's key), epoch,
         engine, status, bytes}``; the program keeps running."""

@@ -14,6 +14,17 @@ commit, published retained on ``program-owner/<instance>``).  A prepared copy is
 and unaddressable until committed.  An engine cut off from the broker for ``fence_s``
 pauses its programs and holds their outputs; on reconnect it reads the owner records
 and resumes (and flushes) only what it still owns.  A last will is never read as death.
+
+**A migration in flight when its source dies.**  A scheduler may recover the instance
+elsewhere at epoch N+1 once the source has been dead for its fence time, while this
+engine holds a prepared copy that a late commit would also run at N+1.  So a prepared
+copy watches its source's retained registry state and is aborted (journalled) when the
+source is declared dead; a commit is not acted on before that state has been read; an
+engine that fences itself aborts its prepared copies and takes no restore until it has
+confirmed what it owns; and ``fence_instances`` (the scheduler, before a recovery) makes
+this engine promise, in its journal, to take no migration of the instance to an epoch at
+or below the recovery's.  The target's journal is where the commit and the promise are
+ordered: whichever comes first wins, and the scheduler adopts a committed copy.
 """
 
 from __future__ import annotations
@@ -146,6 +157,9 @@ class CodeEngine:
         self._incoming: dict[str, m.TargetMigration] = {}  # migration id -> prepared copy
         self._prepared: dict[str, str] = {}  # instance id -> migration id (target side)
         self._incoming_from: dict[str, str] = {}  # migration id -> the source engine
+        #: migration id -> its source's liveness as read from the retained registry state
+        #: (``read``, ``handler``, a commit waiting for the read, its timer)
+        self._source_watch: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, Any] = {}
         self._outcomes: OrderedDict[str, dict] = OrderedDict()  # finished, for queries
         self._paused_by_fence: set[str] = set()
@@ -170,6 +184,7 @@ class CodeEngine:
             "migrate_code": self._cmd_migrate_code, "spawn_code": self._cmd_spawn_code,
             "migration_status": self._cmd_migration_status, "report": self._cmd_report,
             "recover_code": self._cmd_recover_code,
+            "fence_instances": self._cmd_fence_instances,
         }
         self._migrate_cmds: dict[str, Handler] = {
             m.RESTORE: self._cmd_restore_code, m.COMMIT: self._cmd_commit,
@@ -274,9 +289,17 @@ class CodeEngine:
             return
         self.fenced = True
         for iid, host in self.programs.items():
-            if host.status is ProgramStatus.RUNNING and iid not in self._prepared:
+            if iid in self._busy:
+                # paused by its migration: if that migration ends in a resume, we must
+                # still own it (a scheduler may have recovered it meanwhile)
+                self._paused_by_fence.add(iid)
+            elif host.status is ProgramStatus.RUNNING and iid not in self._prepared:
                 host.pause()
                 self._paused_by_fence.add(iid)
+        # a prepared copy may not be committed any more: its source may be taken for dead
+        # and the instance recovered elsewhere, and we would not hear of it in time
+        for mid, incoming in list(self._incoming.items()):
+            self._target_apply(mid, incoming.lease_expired())
         log.warning("%s: cut off for %.1f s: %d program(s) paused until ownership is "
                     "confirmed", self.id, self.fence_s, len(self._paused_by_fence))
 
@@ -833,6 +856,42 @@ class CodeEngine:
         self._program_report(host, "recover_code")
         return {**self._describe(host), "restore_s": restore_s, "restored_bytes": nbytes}
 
+    def _cmd_fence_instances(self, kwargs: dict) -> dict:
+        """The scheduler is about to recover these instances (``{instance_id: epoch}``):
+        promise, durably, to take no migration of one to an epoch at or below that, and
+        say what this engine holds of each.
+
+        Why: a user's migration from the dead engine may have left a prepared copy here
+        (or a restore and commit still on their way); committed after the recovery, it
+        would run beside the recovered copy at the same epoch.  The journal orders the
+        promise and the commit: a prepared copy is aborted now, a later restore or commit
+        is refused, and a copy that committed first is reported (``holds``) so the
+        scheduler adopts it instead of recovering.  A prepared copy for a higher epoch
+        (the scheduler's view is behind) is left alone and reported (``prepared``)."""
+        wanted = p.require(kwargs, "instances", dict)
+        out: dict[str, dict] = {}
+        for iid, epoch in sorted(wanted.items()):
+            p.check_name("instance_id", iid)
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise p.ProtocolError(p.BAD_REQUEST, f"epoch of {iid} must be a positive "
+                                      f"integer, not {epoch!r}")
+            self.journal.fence(iid, epoch)
+            info: dict[str, Any] = {}
+            mid = self._prepared.get(iid)
+            incoming = self._incoming.get(mid) if mid is not None else None
+            if incoming is not None:
+                if incoming.epoch <= epoch:
+                    self._target_apply(mid, incoming.abort())
+                    info["aborted"] = mid
+                else:
+                    info["prepared"] = incoming.epoch
+            host = self.programs.get(iid)
+            if host is not None and iid not in self._prepared:
+                info["holds"] = {"epoch": self.epochs.get(iid, 1),
+                                 "status": host.status.value if host.status else "Ready"}
+            out[iid] = info
+        return {"engine": self.id, "instances": out}
+
     # ---------------------------------------------------------------- migration: target
     def _cmd_restore_code(self, kwargs: dict, source: str = "?") -> dict:
         doc = p.require(kwargs, "snapshot", dict)
@@ -861,6 +920,17 @@ class CodeEngine:
             decided = self.journal.decision(mid)
             if decided is not None:
                 raise p.ProtocolError(p.BAD_STATE, f"migration {mid} is already {decided}")
+            epoch = kwargs.get("epoch")
+            epoch = epoch if isinstance(epoch, int) and epoch > 0 else 1
+            why = None
+            if self.fenced:
+                why = f"engine {self.id} is fenced (confirming what it owns)"
+            elif epoch <= self.journal.fenced(iid):
+                why = (f"{iid} is being recovered at epoch {self.journal.fenced(iid)}: "
+                       f"no migration to epoch {epoch}")
+            if why is not None:
+                self.journal.decide(mid, m.ABORTED)  # a late commit finds it aborted
+                raise p.ProtocolError(p.BAD_STATE, why)
         if iid in self.programs:
             raise p.ProtocolError(p.BAD_STATE, f"instance {iid} already exists here")
         if kwargs.get("instance_id"):
@@ -884,6 +954,7 @@ class CodeEngine:
             epoch = epoch if isinstance(epoch, int) and epoch > 0 else 1
             self._incoming[mid] = m.TargetMigration(mid, iid, epoch)
             self._incoming_from[mid] = source
+            self._watch_source(mid, source)
             self._prepared[iid] = mid
             self.epochs[iid] = epoch
             lease = kwargs.get("lease_s")
@@ -907,6 +978,20 @@ class CodeEngine:
         incoming = self._incoming.get(mid)
         if incoming is None:
             return m.decided_answer(mid, m.presume_abort(self.journal, mid))
+        watch = self._source_watch.get(mid)
+        if watch is not None and not watch["read"]:
+            # not before we know whether the source was declared dead (a commit that
+            # waited in the broker while we were away arrives before that state does)
+            if watch["commit"] is None:
+                watch["commit"] = (kwargs, self.clock.create_future())
+                watch["timer"] = self.clock.call_later(
+                    self.request_timeout, lambda: self._source_state(mid, None))
+            return watch["commit"][1]
+        return self._commit_now(mid, incoming, kwargs)
+
+    def _commit_now(self, mid: str, incoming: m.TargetMigration, kwargs: dict) -> dict:
+        if incoming.epoch <= self.journal.fenced(incoming.instance_id) or self.fenced:
+            return self._target_apply(mid, incoming.abort())  # promised to the scheduler
         epoch = kwargs.get("epoch", incoming.epoch)
         self._late_in[mid] = m.carried_from_wire(kwargs.get("late"))
         try:
@@ -914,6 +999,50 @@ class CodeEngine:
                                                            is not False))
         finally:
             self._late_in.pop(mid, None)
+
+    def _watch_source(self, mid: str, source: str) -> None:
+        """Follow a prepared copy's source in the retained registry state (always there:
+        the source reported when it connected, and its will replaces it)."""
+        watch: dict[str, Any] = {"read": False, "commit": None, "timer": None,
+                                 "topic": p.engine_state_topic(source)}
+        watch["handler"] = lambda msg: self._source_state(mid, msg)
+        self._source_watch[mid] = watch
+        self.transport.subscribe(watch["topic"], watch["handler"], qos=1)
+
+    def _unwatch_source(self, mid: str) -> None:
+        watch = self._source_watch.pop(mid, None)
+        if watch is not None:
+            self._cancel(watch["timer"])
+            self.transport.unsubscribe(watch["topic"], watch["handler"])
+
+    def _source_state(self, mid: str, message: Message | None) -> None:
+        """The source's registry state (None: not read in time).  Dead (its will, or a
+        graceful stop): the migration aborts here, for a scheduler will recover the
+        instance once that engine's fence time has passed.  A commit that waited for this
+        is then answered."""
+        watch = self._source_watch.get(mid)
+        incoming = self._incoming.get(mid)
+        if watch is None or incoming is None or not self.running:
+            return
+        try:
+            state = p.decode(message.payload) if message is not None and message.payload \
+                else {}
+            dead = message is None or state.get("status") == "dead"
+        except (p.ProtocolError, AttributeError):
+            dead = True
+        watch["read"] = True
+        self._cancel(watch["timer"])
+        watch["timer"] = None
+        pending, watch["commit"] = watch["commit"], None
+        if dead:
+            log.warning("%s: the source of migration %s is gone: aborting it", self.id, mid)
+            answer = self._target_apply(mid, incoming.abort())
+        elif pending is not None:
+            answer = self._commit_now(mid, incoming, pending[0])
+        else:
+            return
+        if pending is not None:
+            settle(pending[1], answer)
 
     def _cmd_abort(self, kwargs: dict, source: str = "?") -> dict:
         mid = p.check_name("migration_id", p.require(kwargs, "migration_id"))
@@ -955,6 +1084,7 @@ class CodeEngine:
             self._incoming.pop(mid, None)
             self._incoming_from.pop(mid, None)
             self._leases.pop(mid, None)
+            self._unwatch_source(mid)
             host = self.programs.get(incoming.instance_id)
             if host is not None and incoming.state == m.COMMITTED:
                 answer.update(self._describe(host))
@@ -1095,15 +1225,19 @@ class CodeEngine:
                     mig, m.TimerFired(t)))
             elif isinstance(out, m.Resume):
                 self._busy.pop(mig.host.instance_id, None)
-                if mig.machine.was_running:
+                if self.programs.get(mig.host.instance_id) is not mig.host:
+                    pass  # dropped meanwhile: a newer owner has it
+                elif mig.machine.was_running:
                     if self.fenced:
                         self._paused_by_fence.add(mig.host.instance_id)
                     else:
                         mig.host.resume()
             elif isinstance(out, m.Drop):
                 self._busy.pop(mig.host.instance_id, None)
-                self._drop_outbox(mig.host.instance_id)
-                self._remove(mig.host)
+                self._paused_by_fence.discard(mig.host.instance_id)
+                if self.programs.get(mig.host.instance_id) is mig.host:
+                    self._drop_outbox(mig.host.instance_id)
+                    self._remove(mig.host)
         if mig.machine.phase.final:
             self._source_done(mig)
         elif mig.machine.phase is m.Phase.IN_DOUBT and mig.record["error"] is None:

@@ -1,9 +1,12 @@
 """An engine's durable memory: what must survive a crash and reboot of its board.
 
-Two facts live here: each migration decision the engine took as a target (so a duplicate
-commit, an abort or a status query gets the same answer after a reboot), and the
-instances it owns with their epochs (so a rebooted engine can say which programs died
-with it: Lost, not silently gone).  Small, flat and rewritten whole: a board runs tens of
+Three facts live here: each migration decision the engine took as a target (so a duplicate
+commit, an abort or a status query gets the same answer after a reboot), the instances
+it owns with their epochs (so a rebooted engine can say which programs died with it:
+Lost, not silently gone), and the scheduler's fences: "instance X will be recovered at
+epoch E, take no migration of it to an epoch <= E" (a promise that must outlive a reboot,
+or a restore and commit still queued for this engine could run X beside the recovered
+copy).  Small, flat and rewritten whole: a board runs tens of
 programs, not millions.
 
 - :class:`MemoryJournal`: a dict.  The simulator keeps one per board across crashes, as
@@ -28,6 +31,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self.decisions: OrderedDict[str, str] = OrderedDict()
         self.owned: dict[str, dict] = {}
+        self.fences: dict[str, int] = {}
 
     # -- decisions
     def decide(self, migration_id: str, decision: str) -> None:
@@ -49,6 +53,16 @@ class MemoryJournal:
         if self.owned.pop(instance_id, None) is not None:
             self._changed()
 
+    # -- fences (the scheduler's recoveries)
+    def fence(self, instance_id: str, epoch: int) -> None:
+        if epoch > self.fences.get(instance_id, 0):
+            self.fences[instance_id] = epoch
+            self._changed()
+
+    def fenced(self, instance_id: str) -> int:
+        """The highest epoch a migration of ``instance_id`` may not commit at (0: none)."""
+        return self.fences.get(instance_id, 0)
+
     def _changed(self) -> None:
         """Hook for durable subclasses."""
 
@@ -64,6 +78,7 @@ class FileJournal(MemoryJournal):
                 data: Any = json.loads(self.path.read_text(encoding="utf-8"))
                 self.decisions.update(data.get("decisions", {}))
                 self.owned.update(data.get("owned", {}))
+                self.fences.update(data.get("fences", {}))
             except (OSError, ValueError, AttributeError) as exc:
                 raise ValueError(f"{self.path}: unreadable engine journal ({exc}); move it "
                                  f"away to start with an empty one") from None
@@ -71,7 +86,8 @@ class FileJournal(MemoryJournal):
     def _changed(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"decisions": self.decisions, "owned": self.owned}, f)
+            json.dump({"decisions": self.decisions, "owned": self.owned,
+                       "fences": self.fences}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -249,6 +249,10 @@ def test_signed_snapshots_only_when_engines_share_a_key():
 def test_only_the_source_of_a_migration_may_commit_or_abort_it(lab):
     iid = lab.request("e0", "run_code", code_name="c", source=FOREVER).result()["id"]
     doc = lab.engines["e0"].programs[iid].snapshot()
+    # a source is an engine: its retained registry state says it is alive (a target
+    # commits nothing before it has read it, and aborts once it says dead)
+    lab.client.publish(p.engine_state_topic("tester"), p.encode(
+        {"id": "tester", "status": "idle"}), qos=1, retain=True)
     prepared = lab.rpc.request("e1/migrate/tester", "restore_code",
                                {"snapshot": doc, "migration_id": "m1", "paused": True,
                                 "epoch": 2, "instance_id": "moved.1"})

@@ -122,6 +122,9 @@ class SchedulerConfig:
     settle_s: float = 1.0
     history: int = 1000
     request_timeout: float = 30.0
+    #: how long a recovery waits for each live engine's ``fence_instances`` answer
+    #: (unanswered: the recovery waits for a later cycle)
+    fence_query_s: float = 5.0
     keepalive: float = 10.0
     #: cores of a board whose engine names none in its report (``meta.cores``; engines
     #: name theirs only when it is not 1) and whose device type is not in device_cores
@@ -216,6 +219,9 @@ class Scheduler:
         self._last_rebalance = -1e18
         self._checkpointing: set[str] = set()
         self._replies: dict[str, dict] = {}  # request id -> answer (duplicates)
+        #: instance key -> (checkpoint, epoch) a recovery was fenced at (its engines
+        #: promised no migration to that epoch or below)
+        self._fenced: dict[str, tuple[Optional[Checkpoint], int]] = {}
 
     # ================================================================ lifecycle
     def start(self) -> Scheduler:
@@ -829,6 +835,12 @@ class Scheduler:
         now_map = {**current, **{k: _LOST for k in lost}}
         actions = plan(now_map, target, frozenset({_LOST}))
         actions = [act for act in actions if act.kind != "kill"]  # only commands kill
+        recovering = [act for act in actions if act.kind == "recover"]
+        if recovering:
+            ready = yield from self._fence_recoveries(recovering)
+            actions = [act for act in actions if act.kind != "recover" or act.key in ready]
+            if len(ready) < len(recovering):
+                self._timer("retry", self.config.retry_s, lambda: self.trigger("retry"))
         strays = self._strays()
         self._event("scheduler-event", phase="invoke", reason=reason, cycle=self.cycles,
                     boards=len(boards), dead=sorted(dead), current=len(current),
@@ -957,12 +969,95 @@ class Scheduler:
             return self._failed(action, row, exc)
         return self._failed(action, row, SchedulerError(f"unknown action {action.kind}"))
 
+    def _fence_recoveries(self, actions: list[Action]) -> Generator:
+        """Before recovering, make sure no migration can run the same instance.
+
+        A user's migration from the dead engine may be in flight: its target may hold a
+        prepared copy (or get the restore and commit later) and commit it at the epoch we
+        are about to recover at.  So (1) nothing is recovered while another engine that
+        died may still come back unfenced (inside its fence time: it could commit a
+        migration it prepared, and we could not ask it; an engine that stopped gracefully
+        ended its copies, prepared ones too); (2) every live engine is asked
+        ``fence_instances``: it promises in its journal to take no migration of these
+        instances to the recovery's epoch or below, aborting a prepared copy.  An engine
+        that says it holds a copy (a migration committed first) is adopted instead of
+        recovering; one that does not answer postpones the recovery.  Returns the keys
+        to recover now; their (checkpoint, epoch) are in ``_fenced``."""
+        now = self.clock.now()
+        d = self.dispatcher
+        unfenced = sorted(e for e, died in self._died.items()
+                          if self._engine_status.get(e) == "dead" and
+                          e not in self._stopping and
+                          now < died + self._fence_of(e) + self.config.fence_margin_s)
+        if unfenced:
+            self._event("recovery-wait", engines=unfenced,
+                        instances=[a.key for a in actions])
+            return set()
+        wanted: dict[str, tuple[Optional[Checkpoint], int]] = {}
+        for action in actions:
+            row = self.rows[action.key]
+            cp: Optional[Checkpoint] = yield loaded(self.clock, self.checkpoints.load(
+                row.instance_id, row.token))
+            prog = d.programs.get(row.instance_id)
+            wanted[action.key] = (cp, max(row.epoch, prog.epoch if prog else 0,
+                                          cp.epoch if cp else 0) + 1)
+        ask = {self.rows[k].instance_id: epoch for k, (_, epoch) in wanted.items()}
+        engines = sorted(e.id for e in d.engines.values()
+                         if e.status != "dead" and e.id not in self._stopping)
+        futures = []
+        for engine in engines:
+            try:
+                futures.append(d.fence_instances(engine, ask, self.config.fence_query_s))
+            except DispatcherError as exc:
+                fut = self.clock.create_future()
+                fut.set_exception(exc)
+                futures.append(fut)
+        outcomes = yield gather(self.clock.create_future, futures)
+        silent = [e for e, (ok, _) in zip(engines, outcomes) if not ok]
+        ready: set[str] = set()
+        changed = []
+        for key, (cp, epoch) in wanted.items():
+            row = self.rows[key]
+            holders, ahead = [], 0
+            for engine, (ok, value) in zip(engines, outcomes):
+                info = ((value or {}).get("instances") or {}).get(row.instance_id) \
+                    if ok and isinstance(value, dict) else None
+                if not isinstance(info, dict):
+                    continue
+                held = info.get("holds")
+                if isinstance(held, dict) and held.get("status") in _RUNS and \
+                        isinstance(held.get("epoch"), int) and held["epoch"] >= row.epoch:
+                    holders.append((held["epoch"], engine, held["status"]))
+                if isinstance(info.get("prepared"), int):
+                    ahead = max(ahead, info["prepared"])
+            if holders:  # a migration committed first: that copy is the instance
+                held_epoch, engine, status = max(holders)
+                row.engine, row.epoch = engine, held_epoch
+                row.status = "paused" if status == "Paused" else "running"
+                changed.append(row)
+                self._event("adopted", instance=row.instance_id, engine=engine,
+                            epoch=held_epoch)
+            elif silent or ahead:
+                if ahead:  # our view of its epoch is behind: fence higher next time
+                    row.epoch = max(row.epoch, ahead)
+                    changed.append(row)
+                self._event("recovery-wait", instances=[key], engines=silent,
+                            prepared=ahead or None)
+            else:
+                self._fenced[key] = (cp, epoch)
+                ready.add(key)
+        if changed:
+            self.store.put_instances(changed)
+        return ready
+
     def _recover(self, action: Action, row: InstanceRow, a: _App) -> Generator:
-        """Restore the last checkpoint (or start afresh) at a higher owner epoch."""
-        cp: Optional[Checkpoint] = yield loaded(self.clock, self.checkpoints.load(
-            row.instance_id, row.token))
-        prog = self.dispatcher.programs.get(row.instance_id)
-        epoch = max(row.epoch, prog.epoch if prog else 0, cp.epoch if cp else 0) + 1
+        """Restore the last checkpoint (or start afresh) at the owner epoch its engines
+        were fenced at (:meth:`_fence_recoveries`)."""
+        fenced = self._fenced.pop(row.key, None)
+        if fenced is None:  # pragma: no cover - every recover action is fenced first
+            return (yield self._failed(action, row, SchedulerError(
+                f"{row.instance_id}: recovery not fenced")))
+        cp, epoch = fenced
         died = self._died.get(row.engine or "", None)
         extra = {"epoch_to": epoch, "checkpoint_epoch": cp.epoch if cp else None,
                  "checkpoint_age": (self.clock.now() - cp.taken) if cp else None,
