@@ -73,8 +73,9 @@ class Things:
     def publish(self, topic: str, payload: Any, qos: int | None = None) -> None:
         """Publish a JSON-serialisable value or bytes.
 
-        ``qos`` 1 asks the broker to acknowledge (a lossy link delays the message
-        instead of losing it); None uses the engine's ``program_qos`` (default 0).  As
+        ``qos`` 1 asks the broker to acknowledge, and survives a dropped connection (a
+        lossy link only delays messages of either QoS: TCP retransmits); None uses the
+        engine's ``program_qos`` (default 0).  As
         in MQTT, a subscriber receives at the lower of this and its own subscription's
         QoS, which is its engine's ``program_qos``: for no loss end to end, set
         ``program_qos = 1`` on the receiving boards."""

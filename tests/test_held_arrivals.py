@@ -65,7 +65,8 @@ def run_world(seed: int, holds: bool, plan: dict) -> dict:
         world.add_board(name, profile, resource_period=0.5 if name == "z3" else 1.0, **extra)
     d = world.add_dispatcher(watch_console=False, watch_resources=False)
     for i, name in enumerate(["z1", "z2", "z3", "z4"]):
-        world.at(0.1 + 0.07 * i, lambda name=name: d.run_code(name, f"room{name}", SENSOR))
+        # at 0.6 s: a 2% loss can hold a board's registration back by one RTO (0.2 s)
+        world.at(0.6 + 0.07 * i, lambda name=name: d.run_code(name, f"room{name}", SENSOR))
     world.at(plan["aggregator"], lambda: d.run_code("p1", "aggregator", AGGREGATOR))
     monitor = MONITOR.replace("NARROW", str(plan["narrow"])).replace("WIDE", str(plan["wide"]))
     world.at(plan["monitor"], lambda: d.run_code("p2", "monitor", monitor))

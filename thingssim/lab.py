@@ -72,6 +72,7 @@ import click
 
 from . import labcpu
 from .sim.boards import BoardProfile, get_profile
+from .sim.link import MSS, RTO  # the simulator's TCP-like loss follows the same rule
 
 __all__ = ["Lab", "LabConfig", "LabError", "LabWorker", "lab_down", "lab_group", "lab_status",
            "lab_up", "load_lab"]
@@ -80,10 +81,6 @@ DEFAULT_PREFIX = "tslab"
 DEFAULT_SUBNET = "10.77.0.0/24"
 DEFAULT_PROFILE = "raspberry-pi-3"
 STATE_FILE = "lab.json"
-RTO = 0.2
-"""Retransmission delay added to a chunk the relay decides was lost (Linux's minimum RTO)."""
-MSS = 1448
-"""TCP payload bytes per segment at MTU 1500, for the relay's per-segment loss."""
 SHAPING_METHODS = ("auto", "netem", "tbf+relay", "none")
 CPU_METHODS = ("auto", "none")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,12}$")  # "<prefix>-h" must fit IFNAMSIZ (15)

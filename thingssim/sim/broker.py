@@ -55,7 +55,7 @@ from runtime.transport import Message
 
 from .clock import _Call
 from .intercept import DELIVER, DROP, DUPLICATE, action
-from .link import CONNACK_BYTES, LOST, PUBACK_BYTES, Packet
+from .link import CONNACK_BYTES, PUBACK_BYTES, Packet
 
 if TYPE_CHECKING:
     from .client import SimTransport
@@ -326,10 +326,10 @@ class Broker:
 
     def _acknowledge(self, client: SimTransport, pub: Packet) -> None:
         link = client.link
-        arrival = link.down_dir.send(self.env._time, PUBACK_BYTES, True)
+        arrival = link.down_dir.send(self.env._time, PUBACK_BYTES)
         if arrival < 0:
             self.network._ack_lost(client.client_id, pub,
-                                   "loss" if arrival == LOST else "link_down")
+                                   "link_down")
         else:
             self._call_at(arrival, client._on_puback, pub, link.epoch)
 
@@ -408,10 +408,10 @@ class Broker:
                    target: Any) -> None:
         client = session.client
         link = client.link
-        arrival = link.down_dir.send(self.env._time, pub.wire, True)
+        arrival = link.down_dir.send(self.env._time, pub.wire)
         if arrival < 0:
             self.network._drop(session.client_id, pub,
-                               "loss" if arrival == LOST else "link_down")
+                               "link_down")
             return
         self._call_at(arrival, client._on_publish, pub, qos, pid, target, session,
                       session.token, link.epoch)

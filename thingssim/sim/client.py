@@ -5,8 +5,9 @@ transport-independent core runs unchanged on simulated boards.
 
 Modelling choices this module owns (see :mod:`thingssim.sim.network` for the others):
 
-- **QoS.** QoS 0: at most once, lost on a lossy hop, a fault, or when the client is
-  disconnected.  QoS 1: the client keeps what it published until the PUBACK arrives and
+- **QoS.** QoS 0: at most once, lost to a fault (a cut link, a crash) or when the client
+  is disconnected; a lossy hop only delays it (TCP, :mod:`thingssim.sim.link`).  QoS 1:
+  the client keeps what it published until the PUBACK arrives and
   retransmits it every ``retry_interval`` (default 5 s) while connected, and on reconnect
   in the order first sent (MQTT 3.1.1 section 4.6); QoS 1 published while disconnected
   waits in an outbox and leaves after those.  A lost PUBACK gives the receiver a
@@ -52,7 +53,6 @@ from .intercept import DELIVER, DROP, DUPLICATE, action
 from .link import (
     CONNECT_OVERHEAD,
     DISCONNECT_BYTES,
-    LOST,
     PUBACK_BYTES,
     SUBSCRIBE_OVERHEAD,
     UNSUBSCRIBE_OVERHEAD,
@@ -185,7 +185,7 @@ class SimTransport:
                     rows.append((now, "publish", self.client_id, topic, wire, 0, msg_id,
                                  None, None))
                 link = self.link
-                arrival = link.up_dir.send(now, wire, True)
+                arrival = link.up_dir.send(now, wire)
                 broker = net.broker
                 if (arrival >= 0 and broker.holds and broker.is_up and not broker._service
                         and (info.quiet == broker.routes_gen or broker._quiet(topic, info))):
@@ -196,7 +196,7 @@ class SimTransport:
                     return
                 pub = Packet(msg_id, topic, payload, 0, False, now, wire)
                 if arrival < 0:
-                    net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
+                    net._drop(self.client_id, pub, "link_down")
                     return
                 env._push((arrival, NORMAL, next(env._seq), _Call(
                     net._arrive_publish, (self, pub, link.epoch))))
@@ -484,9 +484,9 @@ class SimTransport:
             if self._retry_at is None:
                 self._arm_retry()
         link = self.link
-        arrival = link.up_dir.send(now, pub.wire, True)
+        arrival = link.up_dir.send(now, pub.wire)
         if arrival < 0:
-            net._drop(self.client_id, pub, "loss" if arrival == LOST else "link_down")
+            net._drop(self.client_id, pub, "link_down")
             return
         net._call_at(arrival, net._arrive_publish, self, pub, link.epoch)
 
@@ -552,9 +552,9 @@ class SimTransport:
             return
         now = net.env._time
         if qos:
-            arrival = link.up_dir.send(now, PUBACK_BYTES, True)
+            arrival = link.up_dir.send(now, PUBACK_BYTES)
             if arrival < 0:
-                net._ack_lost(self.client_id, pub, "loss" if arrival == LOST else "link_down")
+                net._ack_lost(self.client_id, pub, "link_down")
             else:
                 net._call_at(arrival, net.broker.arrive_puback, self, session, pid, pub,
                              link.epoch)

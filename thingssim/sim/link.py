@@ -15,9 +15,14 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
   bytes (7: fixed header byte, 2-byte remaining length, 2-byte topic length, 2-byte
   packet id).  PUBACK is 4 bytes; CONNECT/CONNACK/SUBSCRIBE/UNSUBSCRIBE/DISCONNECT have
   the small sizes below.
-- **Loss.** Each PUBLISH or PUBACK transmission is lost with the link's ``loss``
-  probability (it still occupies the link).  Control packets (CONNECT, SUBSCRIBE...) are
-  never lost at random (TCP would retry them); they are lost only to faults.
+- **Loss, as TCP sees it.** MQTT runs over TCP, which never loses or reorders bytes: a
+  lost segment is retransmitted, and it and everything behind it in the same direction
+  arrive later.  A packet of ``k`` segments (:data:`MSS` bytes each) contains a lost
+  segment with probability ``1 - (1 - loss)**k``; a lone segment then waits for the
+  retransmission timer, :data:`RTO` (Linux's 200 ms minimum), a longer one for a fast
+  retransmit, one more round trip (``2 * latency + jitter``).  This is the board lab's
+  relay's rule (:class:`thingssim.lab._Shaper`), so the two agree; messages (QoS 0
+  included) are lost only to faults: cut links, crashes, broker outages.
 - **Cuts.** :meth:`Link.down` loses every packet in flight on the link (its ``epoch``
   moves on; a packet carries the epoch it was sent in) and flushes the interface queue.
 - **Randomness.** Each link direction has its own ``random.Random`` seeded from
@@ -46,8 +51,12 @@ SUBSCRIBE_OVERHEAD = 5  # + 3 per filter (length, options) + the filter
 UNSUBSCRIBE_OVERHEAD = 5
 DISCONNECT_BYTES = 2
 
-#: :meth:`Direction.send` results other than an arrival time
-LOST = -1.0
+#: TCP payload bytes per segment at MTU 1500 (the lab relay's too)
+MSS = 1448
+#: the delay of a lost lone segment: Linux's minimum retransmission timeout (s)
+RTO = 0.2
+
+#: what :meth:`Direction.send` returns instead of an arrival time on a cut link
 DOWN = -2.0
 
 
@@ -56,8 +65,8 @@ class LinkProfile:
     """One access link, the same in both directions.
 
     ``latency``: one-way propagation (s); ``bandwidth``: bits per second; ``jitter``: extra
-    delay uniform in ``[0, jitter)`` s (never reorders); ``loss``: probability that a
-    PUBLISH or PUBACK is lost on this hop.
+    delay uniform in ``[0, jitter)`` s (never reorders); ``loss``: probability that a TCP
+    segment is lost on this hop (and retransmitted: see the module docstring).
     """
 
     latency: float = 0.001
@@ -98,7 +107,7 @@ class Direction:
     """One direction of a link: a FIFO serialisation queue with its own random stream."""
 
     __slots__ = ("link", "up", "free_at", "last_arrival", "rng", "latency", "bandwidth",
-                 "jitter", "loss", "bytes_sent")
+                 "jitter", "loss", "bytes_sent", "losses")
 
     def __init__(self, link: Link, rng: random.Random) -> None:
         self.link = link
@@ -107,9 +116,10 @@ class Direction:
         self.free_at = 0.0
         self.last_arrival = 0.0
         self.bytes_sent = 0
+        self.losses = 0  # packets delayed by a retransmission
 
-    def send(self, now: float, nbytes: int, lossy: bool) -> float:
-        """Put a packet on this direction at ``now``: its arrival time, or LOST / DOWN."""
+    def send(self, now: float, nbytes: int) -> float:
+        """Put a packet on this direction at ``now``: its arrival time, or DOWN."""
         if not self.up:
             return DOWN
         free_at = self.free_at
@@ -119,8 +129,12 @@ class Direction:
         arrival = end + self.latency
         if self.jitter:
             arrival += self.rng.random() * self.jitter
-        if lossy and self.loss and self.rng.random() < self.loss:
-            return LOST
+        loss = self.loss
+        if loss:  # a lost segment is retransmitted: later, never lost (module docstring)
+            segments = -(-nbytes // MSS) or 1
+            if self.rng.random() < 1.0 - (1.0 - loss) ** segments:
+                self.losses += 1
+                arrival += RTO if segments == 1 else 2 * self.latency + self.jitter
         if arrival < self.last_arrival:
             arrival = self.last_arrival
         self.last_arrival = arrival
@@ -181,6 +195,6 @@ class Link:
         return f"<Link {self.name} {'up' if self.is_up else 'down'}>"
 
 
-__all__ = ["CONNACK_BYTES", "CONNECT_OVERHEAD", "DISCONNECT_BYTES", "DOWN", "LOST",
-           "PUBACK_BYTES", "PUBLISH_OVERHEAD", "SUBSCRIBE_OVERHEAD", "UNSUBSCRIBE_OVERHEAD",
+__all__ = ["CONNACK_BYTES", "CONNECT_OVERHEAD", "DISCONNECT_BYTES", "DOWN", "MSS",
+           "PUBACK_BYTES", "RTO", "PUBLISH_OVERHEAD", "SUBSCRIBE_OVERHEAD", "UNSUBSCRIBE_OVERHEAD",
            "Direction", "Link", "LinkProfile", "Packet"]

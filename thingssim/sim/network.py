@@ -258,7 +258,7 @@ class Network:
 
         Events: ``publish`` (detail ``queued`` if made while disconnected), ``deliver``
         (latency = now - publish time; detail ``retained`` on subscribe),
-        ``duplicate``, ``retransmit``, ``drop`` (detail: ``loss``, ``link_down``,
+        ``duplicate``, ``retransmit``, ``drop`` (detail: ``link_down``,
         ``broker_down``, ``offline``, ``disconnected``, ``queue_full``), ``ack_lost``,
         ``will``, ``handler_error`` (a client's message handler raised; detail: the error),
         ``connect``, ``connection_lost``, ``timeout`` (the broker gave up on a
@@ -320,7 +320,7 @@ class Network:
                     args: tuple, fail: Callable[[], Any] | None) -> None:
         """A control packet to the broker: ``fn(*args)`` when served, else ``fail()``."""
         link = client.link
-        arrival = link.up_dir.send(self.env._time, nbytes, False)
+        arrival = link.up_dir.send(self.env._time, nbytes)
         if arrival < 0:
             if fail is not None:
                 fail()
@@ -330,7 +330,7 @@ class Network:
     def _control_down(self, client: SimTransport, nbytes: int, fn: Callable[..., Any],
                       args: tuple, fail: Callable[[], Any]) -> None:
         link = client.link
-        arrival = link.down_dir.send(self.env._time, nbytes, False)
+        arrival = link.down_dir.send(self.env._time, nbytes)
         if arrival < 0:
             fail()
             return
