@@ -149,6 +149,17 @@ EXPERIMENTS = [
                measured=tuple(f"riotbench/{f}" for f in (
                    "trials.csv", "summary.csv", *_figures("latency", "throughput"),
                    "provenance.json"))),
+    # E6: the lab half needs root, iproute2 and Mosquitto (without them it is skipped and
+    # the lab columns are blank); the calibration first, then the comparison
+    Experiment("calibration",
+               "thingssim calibrate --from-lab --out results/validation/calibration.json",
+               measured=("validation/calibration.json",),
+               needs="root, iproute2 and Mosquitto (the board lab)"),
+    Experiment("validation",
+               "thingssim experiment validation --out results/validation",
+               measured=tuple(f"validation/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("errors"), "provenance.json")),
+               needs="root, iproute2 and Mosquitto for the lab half"),
     # last: it reads what the experiments above wrote
     Experiment("report", "thingssim report --results results",
                deterministic=("README.md",)),

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -245,11 +246,35 @@ def _board_name(ctx: Any, param: Any, value: str | None) -> str | None:
 @click.option("--profile-name", metavar="NAME", default=None, callback=_board_name,
               help="Print a scenario [[boards]] entry for board NAME with the measured "
                    "cpu_factor, cores and memory.")
-def calibrate_command(seconds: float, as_json: bool, profile_name: str | None) -> None:
+@click.option("--from-lab", "from_lab", is_flag=True,
+              help="Measure the emulated board lab (root, iproute2, Mosquitto) and fit the "
+                   "simulator's costs, broker and will timing to it; writes --out.")
+@click.option("--out", default="calibration.json", show_default=True,
+              help="Where --from-lab writes the calibration (JSON).")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Repetitions of each --from-lab measurement.")
+def calibrate_command(seconds: float, as_json: bool, profile_name: str | None,
+                      from_lab: bool, out: str, reps: int) -> None:
     """Measure this machine's cpu_factor (CPython speed relative to the reference machine).
 
     Run it on a board to replace a profile's estimated cpu_factor with a measurement.
+    With --from-lab, fit the simulator to the board lab instead (scenarios load the result
+    with [cost] from = "calibration.json"; thingssim.labcalibrate says what is measured).
     """
+    if from_lab:
+        from .lab import LabError
+        from .labcalibrate import calibrate_from_lab, lab_unavailable
+
+        reason = lab_unavailable()
+        if reason:
+            raise click.ClickException(f"--from-lab: {reason}")
+        try:
+            path = calibrate_from_lab(out, reps=reps, log=click.echo)
+        except (LabError, RuntimeError, TimeoutError) as exc:
+            raise click.ClickException(f"--from-lab: {exc}") from None
+        click.echo(f"wrote {path}: " + json.dumps({k: v for k, v in json.loads(
+            Path(path).read_text()).items() if k in ("cost", "broker")}))
+        return
     try:
         report = calibrate(seconds)
     except RuntimeError as exc:

@@ -39,6 +39,8 @@ SLOTS: dict[str, tuple[str, str, str]] = {
                    "scheduling policies (written with the scheduler)"),
     "recovery": ("E5", "experiments/recovery.py",
                  "failure recovery (written with the scheduler)"),
+    "validation": ("E6", "experiments/validation.py",
+                   "the simulator against the emulated board lab (root for the lab half)"),
 }
 
 

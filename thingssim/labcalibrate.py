@@ -1,0 +1,520 @@
+"""``thingssim calibrate --from-lab``: measure the emulated board lab, fit the simulator to it.
+
+The lab (:mod:`thingssim.lab`, CPUs emulated by :mod:`thingssim.labcpu`) runs the real
+workers, Mosquitto and shaped links; the simulator runs the same engine on a cost model
+whose numbers were never measured.  This module runs a fixed set of lab measurements and
+fits them:
+
+- **snapshot and restore**: migrations of a program holding 16, 128 and 512 KB from a
+  BeagleBone Black to a Pi Zero (to a warm target: its first program process already
+  started); a least-squares line of ``phase seconds x board cpu_factor`` (reference
+  seconds) against the snapshot's bytes gives ``*_base_cost`` and ``*_cost_per_byte``;
+- **child start-up**: the first restore on a fresh Pi Zero (a cold program process)
+  minus a warm one of the same size, in reference seconds (``child_start_cost``);
+- **program events**: a relay program on a BeagleBone Black forwarding a burst of 200
+  messages: the CPU seconds its cgroup's processes used per message (from /proc, idle
+  use subtracted) times this machine's factor, in reference seconds (``event_cost``: what
+  a message costs a board end to end, the engine's relaying included, which the
+  simulator charges to the event). Why not messages per second under the quota: the
+  program process takes deliveries in batches, so arrivals come in bursts and a rate
+  from them says more about the batching than about the CPU;
+- **broker service**: a burst of QoS 0 messages through Mosquitto from the host (no
+  worker): seconds per message at the subscriber (an upper bound: paho's own cost is in
+  it), ``service_time``;
+- **wills**: a raw MQTT client that connects with a will and then says nothing (a frozen
+  board); the delay from its CONNACK to its will on Mosquitto, for keepalives 1, 2 and 4
+  s, fitted as ``will_factor x keepalive + will_offset``.
+
+:class:`LabSession` (the lab, a dispatcher and a host client on one asyncio loop in a
+thread) is shared with E6 (``experiments/validation.py``), which validates the fit on
+scenarios not used here.  Needs root, iproute2 and Mosquitto (:func:`lab_unavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .sim.boards import get_profile
+
+__all__ = ["BUFFER_SOURCE", "LabSession", "buffer_program", "calibrate_from_lab",
+           "fit_calibration", "lab_unavailable", "linear_fit", "relay_program"]
+
+TICK = 0.1
+#: JSON bytes a reading of the buffer program takes in a snapshot (E1's measurement)
+BYTES_PER_READING = 11.1
+BUFFER_SOURCE = """\
+import random
+random.seed(7)
+readings = [random.random() for _ in range({n})]
+count = 0
+
+def tick():
+    global count
+    readings[count % len(readings)] = random.random()  # a live ring buffer
+    count += 1
+
+things.set_interval(tick, {tick})
+"""
+RELAY_SOURCE = """\
+def forward(topic, message):
+    things.publish({out!r}, message)
+
+things.subscribe({inp!r}, forward)
+"""
+WARM_SOURCE = "things.set_interval(lambda: None, 1.0)\n"
+#: profiles of the calibration lab's workers: w1, w2, w3
+CALIBRATION_PROFILES = ("beaglebone-black", "raspberry-pi-zero", "desktop-vm")
+#: seconds to leave a worker after it took a program process: its warm pool starts the
+#: next one meanwhile, which on an emulated Pi Zero (3% of a CPU) takes seconds
+SETTLE_S = {"raspberry-pi-zero": 10.0, "beaglebone-black": 7.0, "pocketbeagle": 7.0}
+
+
+def buffer_program(state_kb: float) -> str:
+    """A program holding ``state_kb`` KB of readings in a live ring buffer (E1's)."""
+    n = max(1, round(state_kb * 1024 / BYTES_PER_READING))
+    return BUFFER_SOURCE.format(n=n, tick=TICK)
+
+
+def relay_program(inp: str, out: str) -> str:
+    """A pipeline stage: every message on ``inp`` published again on ``out``."""
+    return RELAY_SOURCE.format(inp=inp, out=out)
+
+
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "the board lab needs root (network namespaces, tc, cgroups)"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "the board lab needs iproute2 (ip, tc)"
+    if (shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")) is None:
+        return "the board lab needs Mosquitto (apt-get install mosquitto)"
+    return None
+
+
+# ------------------------------------------------------------------------ the lab session
+class LabSession:
+    """A lab of workers (profiles in order: w1, w2, ...), a Dispatcher and a host MQTT
+    client on an asyncio loop in a background thread; :meth:`call` runs a coroutine on
+    it from any thread.  Workers wait up to ``request_timeout`` for a migration step: an
+    emulated Pi Zero needs more than the default 10 s to start a cold program process."""
+
+    def __init__(self, profiles: Sequence[str], *, prefix: str | None = None,
+                 machine_factor: float | None = None, request_timeout: float = 60.0) -> None:
+        from .lab import lab_up
+
+        self.profiles = list(profiles)
+        self.prefix = prefix or "tv" + secrets.token_hex(3)
+        subnet = f"10.76.{secrets.randbelow(250) + 1}.0/24"
+        self.lab = lab_up(len(self.profiles), self.profiles, prefix=self.prefix, subnet=subnet,
+                          machine_factor=machine_factor,
+                          worker_config={"request_timeout": request_timeout,
+                                         "lease_s": 4 * request_timeout})
+        self.names = [w.name for w in self.lab.workers]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.warm: set[str] = set()
+        try:
+            self.call(self._connect(), timeout=120)
+        except BaseException:
+            self.close()
+            raise
+
+    def profile(self, worker: str) -> str:
+        return self.profiles[self.names.index(worker)]
+
+    def call(self, coro: Coroutine, timeout: float = 600.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _connect(self) -> None:
+        from runtime.clock import AsyncioClock
+        from runtime.dispatcher import Dispatcher
+        from runtime.mqtt import MqttTransport
+
+        loop = asyncio.get_running_loop()
+        url = self.lab.broker_url
+        self.dispatcher = Dispatcher(MqttTransport(url, client_id=f"{self.prefix}-d", loop=loop),
+                                     AsyncioClock(loop), {"id": f"{self.prefix}-d"})
+        self.dispatcher.start()
+        self.host = MqttTransport(url, client_id=f"{self.prefix}-h", loop=loop)
+        self.host.connect()
+        deadline = loop.time() + 110
+        while not set(self.names) <= {e for e, h in self.dispatcher.engines.items()
+                                      if h.status != "dead"} or not self.host.connected:
+            if loop.time() > deadline:
+                raise TimeoutError("the lab's workers did not register within 110 s")
+            await asyncio.sleep(0.1)
+
+    def settle(self, worker: str) -> None:
+        """Wait until the worker's warm pool has started its next program process."""
+        time.sleep(SETTLE_S.get(self.profile(worker), 2.0))
+
+    def warm_up(self, worker: str) -> None:
+        """Start (and kill) a program on ``worker`` so its next program process is warm,
+        as in a simulated world whose board already ran a program."""
+        if worker in self.warm:
+            return
+        self.call(self._run_and_kill(worker))
+        self.warm.add(worker)
+        self.settle(worker)
+
+    async def _run(self, worker: str, name: str, code: str) -> str:
+        """Dispatcher calls happen on the loop's thread (it is not thread-safe)."""
+        return (await self.dispatcher.run_code(worker, name, code))["id"]
+
+    async def _kill(self, iid: str) -> None:
+        await self.dispatcher.kill_code(iid)
+
+    async def _run_and_kill(self, worker: str) -> None:
+        d = self.dispatcher
+        iid = (await d.run_code(worker, "warm", WARM_SOURCE))["id"]
+        await d.kill_code(iid)
+
+    # ----------------------------------------------------------------- measurements
+    def migrate(self, source: str, target: str, state_kb: float, run_s: float = 2.0,
+                warm: bool = True) -> dict[str, Any]:
+        """One migration of the buffer program: the engines' ``migration`` record."""
+        for w in (source, target) if warm else (source,):
+            self.warm_up(w)
+        result = self.call(self._migrate(source, target, buffer_program(state_kb), run_s))
+        self.settle(target)  # its pool refills: keep that out of the next trial
+        return result
+
+    async def _migrate(self, source: str, target: str, code: str, run_s: float) -> dict:
+        d = self.dispatcher
+        iid = (await d.run_code(source, "buffer", code))["id"]
+        await asyncio.sleep(run_s)
+        moved = await d.move_code(source, target, "buffer", iid)
+        await d.kill_code(iid)
+        return dict(moved.get("migration") or {})
+
+    def pipeline(self, first: str, second: str, messages: int = 20,
+                 period: float = 0.25) -> list[float]:
+        """End-to-end latency (s) of each message: host -> ``first`` -> ``second`` -> host,
+        one relay program on each, ``messages`` sent every ``period`` s."""
+        for w in (first, second):
+            self.warm_up(w)
+        out = self.call(self._pipeline(first, second, messages, period))
+        self.settle(first)
+        self.settle(second)
+        return out
+
+    async def _pipeline(self, first: str, second: str, messages: int,
+                        period: float) -> list[float]:
+        d, loop = self.dispatcher, asyncio.get_running_loop()
+        tag = secrets.token_hex(3)
+        topics = [f"e6/{tag}/{k}" for k in ("in", "mid", "out")]
+        ids = [(await d.run_code(first, "stage1", relay_program(topics[0], topics[1])))["id"],
+               (await d.run_code(second, "stage2", relay_program(topics[1], topics[2])))["id"]]
+        sent: dict[int, float] = {}
+        got: dict[int, float] = {}
+        done = asyncio.Event()
+
+        def on_out(message: Any) -> None:
+            seq = json.loads(message.payload)["seq"]
+            got[seq] = loop.time()
+            if len(got) >= messages:
+                done.set()
+
+        self.host.subscribe(topics[2], on_out, qos=0)
+        await asyncio.sleep(2.0)  # the subscriptions are in place everywhere
+        for seq in range(messages):
+            sent[seq] = loop.time()
+            self.host.publish(topics[0], json.dumps({"seq": seq}).encode(), qos=0)
+            await asyncio.sleep(period)
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        except asyncio.TimeoutError:
+            pass
+        self.host.unsubscribe(topics[2])
+        for iid in ids:
+            await d.kill_code(iid)
+        return [got[s] - sent[s] for s in sorted(got)]
+
+    def cpu_seconds(self, worker: str) -> float:
+        """CPU seconds (user + system, of this machine) used so far by the processes in
+        ``worker``'s cgroup: the worker and its program processes."""
+        w = self.lab.worker(worker)
+        pids: set[int] = set()
+        for procs in w.cgroup.get("procs_files", [])[:1]:
+            pids.update(int(x) for x in Path(procs).read_text().split())
+        if not pids:  # no cgroup: the worker and its descendants
+            pids = {w.pid} if w.pid else set()
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
+    def relay_cost(self, worker: str, messages: int = 200) -> dict[str, float]:
+        """A relay program on ``worker`` forwarding a burst of ``messages``: its CPU
+        seconds per message (this machine's, idle use subtracted) and its rate."""
+        self.warm_up(worker)
+        tag = secrets.token_hex(3)
+        inp, out = f"e6/{tag}/flood", f"e6/{tag}/back"
+        iid = self.call(self._run(worker, "relay", relay_program(inp, out)))
+        self.settle(worker)  # the next warm process has started: its CPU is not ours
+        idle_s = 3.0
+        c0, t0 = self.cpu_seconds(worker), time.monotonic()
+        time.sleep(idle_s)
+        idle_rate = (self.cpu_seconds(worker) - c0) / (time.monotonic() - t0)
+        c1 = self.cpu_seconds(worker)
+        seconds = self.call(self._flood(inp, out, messages))
+        used = self.cpu_seconds(worker) - c1 - idle_rate * seconds
+        self.call(self._kill(iid))
+        return {"cpu_s_per_message": max(used, 0.0) / messages,
+                "per_s": messages / seconds, "idle_cpu": idle_rate}
+
+    async def _flood(self, inp: str, out: str, messages: int) -> float:
+        loop = asyncio.get_running_loop()
+        count = 0
+        done = asyncio.Event()
+
+        def on_out(_message: Any) -> None:
+            nonlocal count
+            count += 1
+            if count >= messages:
+                done.set()
+
+        self.host.subscribe(out, on_out, qos=0)
+        await asyncio.sleep(1.0)
+        start = loop.time()
+        for seq in range(messages):
+            self.host.publish(inp, json.dumps({"seq": seq}).encode(), qos=0)
+        try:
+            await asyncio.wait_for(done.wait(), 300)
+        except asyncio.TimeoutError:
+            pass
+        self.host.unsubscribe(out)
+        if count < messages:
+            raise RuntimeError(f"the relay forwarded {count} of {messages} messages")
+        return loop.time() - start
+
+    def close(self) -> None:
+        from .lab import lab_down
+
+        try:
+            if getattr(self, "dispatcher", None) is not None:
+                self.call(self._disconnect(), timeout=10)
+        except Exception:  # noqa: BLE001 - tearing down whatever is left
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        lab_down(self.prefix)
+
+    async def _disconnect(self) -> None:
+        self.dispatcher.kill()
+        self.host.disconnect()
+
+    def __enter__(self) -> LabSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------ broker and wills
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _remaining(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def connect_packet(client_id: str, keepalive: int, will_topic: str, will: bytes) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a QoS 0 will, clean session."""
+    body = (_mqtt_string("MQTT") + bytes([4, 0x04 | 0x02]) + struct.pack("!H", keepalive)
+            + _mqtt_string(client_id) + _mqtt_string(will_topic)
+            + struct.pack("!H", len(will)) + will)
+    return bytes([0x10]) + _remaining(len(body)) + body
+
+
+async def _will_delays(host: Any, address: tuple[str, int], keepalives: Sequence[int],
+                       reps: int) -> list[tuple[int, float]]:
+    """Silent clients (a socket that sends CONNECT and nothing more): CONNACK to will."""
+    loop = asyncio.get_running_loop()
+    tag = secrets.token_hex(3)
+    arrived: dict[str, float] = {}
+    host.subscribe(f"e6will/{tag}/+", lambda m: arrived.setdefault(m.topic, loop.time()),
+                   qos=0)
+    await asyncio.sleep(0.5)
+    socks, started = [], {}
+    for k in keepalives:
+        for r in range(reps):
+            topic = f"e6will/{tag}/k{k}r{r}"
+            sock = socket.create_connection(address, timeout=5)
+            sock.sendall(connect_packet(f"silent-{tag}-{k}-{r}", k, topic, b"gone"))
+            if sock.recv(4)[:1] != b"\x20":
+                raise RuntimeError("no CONNACK from the broker")
+            started[topic] = (k, loop.time())
+            socks.append(sock)
+    deadline = loop.time() + 3 * max(keepalives) + 15
+    while len(arrived) < len(started) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for sock in socks:
+        sock.close()
+    return [(k, arrived[t] - t0) for t, (k, t0) in started.items() if t in arrived]
+
+
+async def _broker_service(host: Any, messages: int = 5000) -> float:
+    loop = asyncio.get_running_loop()
+    topic = f"e6svc/{secrets.token_hex(3)}"
+    times: list[float] = []
+    host.subscribe(topic, lambda _m: times.append(loop.time()), qos=0)
+    await asyncio.sleep(0.5)
+    for seq in range(messages):
+        host.publish(topic, b"%08d" % seq, qos=0)
+        if seq % 500 == 499:
+            await asyncio.sleep(0)
+    deadline = loop.time() + 30
+    while len(times) < messages and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    host.unsubscribe(topic)
+    first = len(times) // 10
+    return (times[-1] - times[first]) / (len(times) - 1 - first)
+
+
+# ------------------------------------------------------------------------ fitting
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x`` with ``a >= 0`` (a negative intercept is clamped,
+    and the slope refitted through the origin): ``(a, b)``."""
+    n = len(x)
+    if n == 0:
+        raise ValueError("nothing to fit")
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((xi - mx) ** 2 for xi in x)
+    if n == 1 or sxx == 0:
+        return 0.0, my / mx if mx else 0.0
+    b = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y)) / sxx
+    a = my - b * mx
+    if a < 0:
+        return 0.0, sum(xi * yi for xi, yi in zip(x, y)) / sum(xi * xi for xi in x)
+    return a, b
+
+
+@dataclass
+class LabMeasurements:
+    """What :func:`measure_lab` collected, in seconds and bytes (JSON-friendly)."""
+
+    snapshots: list[dict[str, Any]]  # {"profile", "bytes", "seconds"} (warm, per trial)
+    restores: list[dict[str, Any]]
+    cold_restores: list[dict[str, Any]]
+    relay_rates: list[dict[str, Any]]  # {"profile", "cpu_s_per_message", "machine_factor"}
+    broker_service_s: list[float]
+    wills: list[dict[str, Any]]  # {"keepalive", "delay"}
+
+
+def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
+    """The fitted cost and broker tables from the measurements (reference seconds are a
+    board's seconds times its profile's cpu_factor)."""
+
+    def ref(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        return ([float(r["bytes"]) for r in rows],
+                [r["seconds"] * get_profile(r["profile"]).cpu_factor for r in rows])
+
+    snap_a, snap_b = linear_fit(*ref(m.snapshots))
+    rest_a, rest_b = linear_fit(*ref(m.restores))
+    cold = []
+    for r in m.cold_restores:
+        warm = rest_a + rest_b * r["bytes"]
+        cold.append(max(0.0, r["seconds"] * get_profile(r["profile"]).cpu_factor - warm))
+    events = [r["cpu_s_per_message"] * r["machine_factor"] for r in m.relay_rates]
+    will_a, will_b = linear_fit([float(w["keepalive"]) for w in m.wills],
+                                [w["delay"] for w in m.wills])
+    cost = {"event_cost": statistics.median(events),
+            "snapshot_base_cost": snap_a, "snapshot_cost_per_byte": snap_b,
+            "restore_base_cost": rest_a, "restore_cost_per_byte": rest_b,
+            "child_start_cost": statistics.median(cold) if cold else 0.0}
+    broker = {"service_time": statistics.median(m.broker_service_s),
+              "will_factor": will_b, "will_offset": will_a}
+    return {"cost": cost, "broker": broker}
+
+
+#: the fitting scenarios: (source, target) as indexes into CALIBRATION_PROFILES, sizes
+FIT_PAIR = (0, 1)
+FIT_SIZES_KB = (16.0, 128.0, 512.0)
+
+
+def measure_lab(reps: int = 3, machine_factor: float | None = None,
+                log: Any = print) -> tuple[LabMeasurements, dict[str, Any]]:
+    """Run the calibration's measurements in a fresh lab (see the module docstring)."""
+    snapshots, restores, cold, rates = [], [], [], []
+    with LabSession(CALIBRATION_PROFILES, machine_factor=machine_factor) as s:
+        src, dst = s.names[FIT_PAIR[0]], s.names[FIT_PAIR[1]]
+        sp, dp = s.profile(src), s.profile(dst)
+        log(f"lab {s.prefix}: {', '.join(f'{n}={p}' for n, p in zip(s.names, s.profiles))}")
+        first = s.migrate(src, dst, FIT_SIZES_KB[1], warm=False)  # cold target
+        cold.append({"profile": dp, "bytes": first["snapshot_bytes"],
+                     "seconds": first["restore_s"]})
+        log(f"  cold restore on {dp}: {first['restore_s']:.3f} s")
+        s.warm.add(dst)
+        for size in FIT_SIZES_KB:
+            for _ in range(reps):
+                mig = s.migrate(src, dst, size)
+                snapshots.append({"profile": sp, "bytes": mig["snapshot_bytes"],
+                                  "seconds": mig["snapshot_s"]})
+                restores.append({"profile": dp, "bytes": mig["snapshot_bytes"],
+                                 "seconds": mig["restore_s"]})
+                log(f"  {size:g} KB: snapshot {mig['snapshot_s']:.4f} s, "
+                    f"restore {mig['restore_s']:.4f} s")
+        factor = s.lab.cpu_emulation.get("machine_factor") or 1.0
+        for _ in range(reps):
+            rates.append({"profile": sp, "machine_factor": factor, **s.relay_cost(src)})
+            log(f"  relay on {sp}: {rates[-1]['cpu_s_per_message'] * 1e3:.3f} ms of CPU "
+                f"per message, {rates[-1]['per_s']:.1f} msg/s")
+        address = (s.lab.broker_address, s.lab.broker_port)
+        service = [s.call(_broker_service(s.host)) for _ in range(reps)]
+        log(f"  broker: {min(service) * 1e6:.1f}-{max(service) * 1e6:.1f} us/message")
+        wills = [{"keepalive": k, "delay": d}
+                 for k, d in s.call(_will_delays(s.host, address, (1, 2, 4), reps),
+                                    timeout=120)]
+        log("  wills: " + ", ".join(f"k={w['keepalive']}: {w['delay']:.2f} s" for w in wills))
+        machine = dict(s.lab.cpu_emulation)
+        machine["groups"] = {w.profile: {k: w.cgroup.get(k) for k in ("cpus", "quota_us",
+                                                                      "period_us")}
+                             for w in s.lab.workers}
+    return LabMeasurements(snapshots, restores, cold, rates, service, wills), machine
+
+
+def calibrate_from_lab(out: str | Path, reps: int = 3,
+                       machine_factor: float | None = None, log: Any = print) -> Path:
+    """Measure the lab, fit, write the calibration JSON to ``out``."""
+    from dataclasses import asdict
+
+    from .sim.calibration import Calibration
+
+    started = time.time()
+    measurements, machine = measure_lab(reps, machine_factor, log)
+    fitted = fit_calibration(measurements)
+    record = {"measurements": asdict(measurements), "machine": machine,
+              "fit": {"pair": [CALIBRATION_PROFILES[i] for i in FIT_PAIR],
+                      "sizes_kb": list(FIT_SIZES_KB), "reps": reps,
+                      "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                    time.gmtime(started)),
+                      "wall_s": round(time.time() - started, 1)}}
+    return Calibration(fitted["cost"], fitted["broker"], record).save(out)
+
