@@ -325,10 +325,11 @@ EXPERIMENT = Experiment(
         "tuples lost (QoS 0 on the Pi Zero's lossy Wi-Fi) and drain time; with `migrate`, "
         "the dataflow's stateful stage (ETL's join, STATS' sliding regression, TRAIN's "
         "decision-tree trainer, PRED's classifier) moves to the next board halfway "
-        "through. Deterministic for one `PYTHONHASHSEED` (the simulator's fixed cost model), "
-        "but not yet across hash seeds, and so not across joblib or Dask workers: the "
-        "migrated stage's snapshot size varies by a few bytes with string hashing, which "
-        "moves the migration rows' latencies in the 5th significant digit."),
+        "through. Not byte-identical from run to run: each stage program keeps the "
+        "host's `time.perf_counter` seconds spent in its task in its state, so the "
+        "migrated stage's snapshot size varies by a few bytes with those digits, which "
+        "moves the migration rows' latencies in the 5th significant digit (everything "
+        "else is fixed by the seed)."),
     params={"flow": list(FLOWS), "mix": list(MIXES), "load": [0.5], "migrate": [False, True],
             "duration": 20.0},
     seeds=range(1, 6),
@@ -342,7 +343,7 @@ EXPERIMENT = Experiment(
     trial=e3_trial,
     figures=e3_figures,
     headline=e3_headline,
-    deterministic=False,  # see the description: PYTHONHASHSEED moves the migration rows
+    deterministic=False,  # see the description: measured seconds in the stages' state
 )
 
 
