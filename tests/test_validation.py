@@ -42,7 +42,11 @@ def _synthetic() -> LabMeasurements:
         + 130_000 * KNOWN["restore_cost_per_byte"]) / zero.cpu_factor}]
     rates = [{"profile": bbb.name, "machine_factor": 0.8,
               "cpu_s_per_message": KNOWN["event_cost"] / 0.8}]
-    wills = [{"keepalive": k, "delay": 2.0 * k + 0.5} for k in (1, 2, 4) for _ in range(2)]
+    # Mosquitto's way: checks every 6 s (the first 1.2 s after connecting), each firing
+    # the wills whose 1.5 x keepalive deadline has passed
+    wills = [{"keepalive": k, "delay": next(1.2 + 6 * n for n in range(9)
+                                             if 1.2 + 6 * n >= 1.5 * k)}
+             for k in (1, 2, 4, 7) for _ in range(2)]
     return LabMeasurements(snaps, rests, cold, rates, [30e-6, 31e-6, 29e-6], wills)
 
 
@@ -50,8 +54,19 @@ def test_the_fit_recovers_known_parameters():
     fitted = fit_calibration(_synthetic())
     for name, value in KNOWN.items():
         assert fitted["cost"][name] == pytest.approx(value, rel=1e-6), name
-    assert fitted["broker"] == pytest.approx({"service_time": 30e-6, "will_factor": 2.0,
-                                              "will_offset": 0.5})
+    assert fitted["broker"] == pytest.approx({"service_time": 30e-6, "will_factor": 1.5,
+                                              "will_offset": 0.0, "will_check_interval": 6.0})
+
+
+def test_without_periodic_checks_the_will_fit_is_a_line():
+    from thingssim.labcalibrate import fit_wills
+
+    wills = [{"keepalive": 2, "delay": 3.5}, {"keepalive": 2, "delay": 3.6}]
+    assert fit_wills(wills)["will_check_interval"] == 0.0
+    line = fit_wills([{"keepalive": k, "delay": 2.0 * k + 0.5} for k in (1, 2)],
+                     resolution=5.0)
+    assert line == pytest.approx({"will_factor": 2.0, "will_offset": 0.5,
+                                  "will_check_interval": 0.0})
 
 
 def test_linear_fit_clamps_a_negative_intercept():
@@ -62,15 +77,15 @@ def test_linear_fit_clamps_a_negative_intercept():
 
 def test_a_calibration_file_feeds_world_and_scenario(tmp_path):
     path = Calibration({"event_cost": 3e-4, "child_start_cost": 0.05},
-                       {"will_factor": 2.0, "will_offset": 1.0}).save(tmp_path / "cal.json")
+                       {"will_check_interval": 6.0}).save(tmp_path / "cal.json")
     world = World(calibration=path)
     assert world.cost == CostModel(event_cost=3e-4, child_start_cost=0.05)
-    assert world.network.broker.profile.will_delay(4.0) == 9.0
+    assert world.network.broker.profile.will_due(1.0, 4.0) == 12.0  # 7 s, next check at 12
     scenario = Scenario.from_dict({"duration": 1, "cost": {"from": "cal.json",
                                                            "event_cost": 1e-4},
                                    "broker": {"from": "cal.json"}}, base_dir=tmp_path)
     assert scenario.cost == {"event_cost": 1e-4, "child_start_cost": 0.05}
-    assert scenario.broker == {"will_factor": 2.0, "will_offset": 1.0}
+    assert scenario.broker == {"will_check_interval": 6.0}
     (tmp_path / "bad.json").write_text(json.dumps({"format": "thingssim-calibration/1",
                                                    "cost": {"speed": 1}}))
     with pytest.raises(CalibrationError, match="unknown fields"):
@@ -80,7 +95,7 @@ def test_a_calibration_file_feeds_world_and_scenario(tmp_path):
 def test_without_a_calibration_the_defaults_are_untouched():
     world = World()
     assert world.cost == CostModel()
-    assert world.network.broker.profile.will_delay(10.0) == 15.0
+    assert world.network.broker.profile.will_due(0.25, 10.0) == 15.25
 
 
 def test_a_cold_program_process_is_paid_by_the_first_restore_only():
@@ -135,3 +150,28 @@ def test_e6_tiny_runs_its_simulated_half_and_skips_the_lab(tmp_path, monkeypatch
     assert summary["lab_n"].eq(0).all() and summary["err_mean"].isna().all()
     assert summary["sim_n"].gt(0).all()
     assert json.loads((out / "provenance.json").read_text())["experiment"] == "validation"
+
+
+def test_a_frozen_clients_will_waits_for_the_brokers_next_check():
+    """With will_check_interval, a silent client's will goes out at the first check (a
+    multiple of the interval) after 1.5 x keepalive."""
+    from runtime.transport import Message
+    from thingssim.sim.broker import BrokerProfile
+    from thingssim.sim.network import LinkProfile
+
+    for interval, expect in ((0.0, None), (6.0, 6.0)):
+        world = World(broker=BrokerProfile(will_check_interval=interval))
+        net = world.network
+        quiet = net.client("quiet", net.add_link("quiet", LinkProfile(latency=0.001)))
+        watcher = net.client("watch", net.add_link("watch", LinkProfile(latency=0.001)))
+        wills = []
+        watcher.subscribe("gone", lambda m: wills.append(world.clock.now()), qos=0)
+        watcher.connect()
+        quiet.connect(will=Message("gone", b"x"), keepalive=2.0)
+        world.at(0.5, quiet.freeze)
+        world.run(20.0)
+        assert len(wills) == 1
+        if expect is None:  # silent from its freeze at 0.5 s: 1.5 x 2 s later
+            assert wills[0] == pytest.approx(0.5 + 3.0, abs=0.01)
+        else:
+            assert wills[0] == pytest.approx(expect, abs=0.01)

@@ -802,7 +802,8 @@ def _lab_cgroups(prefix: str, lab: Lab | None) -> list[str]:
     ``thingssim-<prefix>/*`` left in the hierarchies (a lab whose state file is gone)."""
     paths = [p for w in (lab.workers if lab else []) for p in w.cgroup.get("paths", [])]
     for root in (labcpu.CGROUP_ROOT, labcpu.CGROUP_ROOT / "unified",
-                 labcpu.CGROUP_ROOT / "cpu", labcpu.CGROUP_ROOT / "memory"):
+                 labcpu.CGROUP_ROOT / "cpu", labcpu.CGROUP_ROOT / "memory",
+                 labcpu.CGROUP_ROOT / "cpuacct"):
         parent = root / f"thingssim-{prefix}"
         with contextlib.suppress(OSError):
             paths += [str(g) for g in sorted(parent.iterdir()) if g.is_dir()]

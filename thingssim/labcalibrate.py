@@ -11,19 +11,22 @@ fits them:
   seconds) against the snapshot's bytes gives ``*_base_cost`` and ``*_cost_per_byte``;
 - **child start-up**: the first restore on a fresh Pi Zero (a cold program process)
   minus a warm one of the same size, in reference seconds (``child_start_cost``);
-- **program events**: a relay program on a BeagleBone Black forwarding a burst of 200
-  messages: the CPU seconds its cgroup's processes used per message (from /proc, idle
-  use subtracted) times this machine's factor, in reference seconds (``event_cost``: what
-  a message costs a board end to end, the engine's relaying included, which the
-  simulator charges to the event). Why not messages per second under the quota: the
-  program process takes deliveries in batches, so arrivals come in bursts and a rate
-  from them says more about the batching than about the CPU;
+- **program events**: a relay program on a BeagleBone Black forwarding 60 messages sent
+  0.1 s apart: the CPU seconds its cgroup's processes used per message (each thread's
+  schedstat, idle use subtracted) times this machine's factor, in reference seconds
+  (``event_cost``: what a message costs a board end to end, the engine's relaying
+  included, which the simulator charges to the event; the messages per second it kept
+  up with are recorded too). Why not the rate of a saturating burst: the program
+  process then takes its deliveries in batches, and a message costs less than one that
+  arrives alone, as in a pipeline;
 - **broker service**: a burst of QoS 0 messages through Mosquitto from the host (no
   worker): seconds per message at the subscriber (an upper bound: paho's own cost is in
   it), ``service_time``;
-- **wills**: a raw MQTT client that connects with a will and then says nothing (a frozen
-  board); the delay from its CONNACK to its will on Mosquitto, for keepalives 1, 2 and 4
-  s, fitted as ``will_factor x keepalive + will_offset``.
+- **wills**: raw MQTT clients that connect with a will and then say nothing (a frozen
+  board); the delay from CONNACK to will on Mosquitto, for keepalives 1, 2, 4 and 7 s.
+  Mosquitto 2.0 checks keepalives only every ~6 s (and in whole seconds), so the delays
+  come in clusters, one per check: ``will_check_interval`` is their spacing, the deadline
+  stays MQTT's 1.5 x keepalive (:func:`fit_wills`).
 
 :class:`LabSession` (the lab, a dispatcher and a host client on one asyncio loop in a
 thread) is shared with E6 (``experiments/validation.py``), which validates the fit on
@@ -50,7 +53,7 @@ from typing import Any
 from .sim.boards import get_profile
 
 __all__ = ["BUFFER_SOURCE", "LabSession", "buffer_program", "calibrate_from_lab",
-           "fit_calibration", "lab_unavailable", "linear_fit", "relay_program"]
+           "fit_calibration", "fit_wills", "lab_unavailable", "linear_fit", "relay_program"]
 
 TICK = 0.1
 #: JSON bytes a reading of the buffer program takes in a snapshot (E1's measurement)
@@ -77,9 +80,9 @@ things.subscribe({inp!r}, forward)
 WARM_SOURCE = "things.set_interval(lambda: None, 1.0)\n"
 #: profiles of the calibration lab's workers: w1, w2, w3
 CALIBRATION_PROFILES = ("beaglebone-black", "raspberry-pi-zero", "desktop-vm")
-#: seconds to leave a worker after it took a program process: its warm pool starts the
-#: next one meanwhile, which on an emulated Pi Zero (3% of a CPU) takes seconds
-SETTLE_S = {"raspberry-pi-zero": 10.0, "beaglebone-black": 7.0, "pocketbeagle": 7.0}
+#: the longest wait for a worker after it took a program process: its warm pool starts
+#: the next one meanwhile, which on an emulated Pi Zero (3% of a CPU) takes seconds
+SETTLE_S = {"raspberry-pi-zero": 15.0, "beaglebone-black": 10.0, "pocketbeagle": 10.0}
 
 
 def buffer_program(state_kb: float) -> str:
@@ -158,9 +161,22 @@ class LabSession:
                 raise TimeoutError("the lab's workers did not register within 110 s")
             await asyncio.sleep(0.1)
 
-    def settle(self, worker: str) -> None:
-        """Wait until the worker's warm pool has started its next program process."""
-        time.sleep(SETTLE_S.get(self.profile(worker), 2.0))
+    def settle(self, worker: str, window: float = 0.5) -> None:
+        """Wait until the worker's warm pool has started its next program process: until
+        its cgroup uses under a fifth of its CPUs over ``window`` s (at most
+        ``SETTLE_S``; a fixed wait where the lab does not emulate CPUs)."""
+        group = self.lab.worker(worker).cgroup
+        cpus = group.get("cpus")
+        limit = SETTLE_S.get(self.profile(worker), 2.0)
+        if not cpus or not group.get("usage_file"):
+            time.sleep(limit)
+            return
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            before = self.cpu_seconds(worker)
+            time.sleep(window)
+            if (self.cpu_seconds(worker) - before) / window < 0.2 * min(cpus, 1.0):
+                return
 
     def warm_up(self, worker: str) -> None:
         """Start (and kill) a program on ``worker`` so its next program process is warm,
@@ -189,16 +205,17 @@ class LabSession:
         """One migration of the buffer program: the engines' ``migration`` record."""
         for w in (source, target) if warm else (source,):
             self.warm_up(w)
-        result = self.call(self._migrate(source, target, buffer_program(state_kb), run_s))
-        self.settle(target)  # its pool refills: keep that out of the next trial
+        started = time.monotonic()
+        iid = self.call(self._run(source, "buffer", buffer_program(state_kb)))
+        self.settle(source)  # the source's pool refills: not during the snapshot
+        time.sleep(max(0.0, started + run_s - time.monotonic()))
+        result = self.call(self._move(source, target, iid))
+        self.call(self._kill(iid))
+        self.settle(target)  # likewise the target's: keep it out of the next trial
         return result
 
-    async def _migrate(self, source: str, target: str, code: str, run_s: float) -> dict:
-        d = self.dispatcher
-        iid = (await d.run_code(source, "buffer", code))["id"]
-        await asyncio.sleep(run_s)
-        moved = await d.move_code(source, target, "buffer", iid)
-        await d.kill_code(iid)
+    async def _move(self, source: str, target: str, iid: str) -> dict:
+        moved = await self.dispatcher.move_code(source, target, "buffer", iid)
         return dict(moved.get("migration") or {})
 
     def pipeline(self, first: str, second: str, messages: int = 20,
@@ -207,18 +224,20 @@ class LabSession:
         one relay program on each, ``messages`` sent every ``period`` s."""
         for w in (first, second):
             self.warm_up(w)
-        out = self.call(self._pipeline(first, second, messages, period))
-        self.settle(first)
-        self.settle(second)
-        return out
-
-    async def _pipeline(self, first: str, second: str, messages: int,
-                        period: float) -> list[float]:
-        d, loop = self.dispatcher, asyncio.get_running_loop()
         tag = secrets.token_hex(3)
         topics = [f"e6/{tag}/{k}" for k in ("in", "mid", "out")]
-        ids = [(await d.run_code(first, "stage1", relay_program(topics[0], topics[1])))["id"],
-               (await d.run_code(second, "stage2", relay_program(topics[1], topics[2])))["id"]]
+        ids = [self.call(self._run(first, "stage1", relay_program(topics[0], topics[1]))),
+               self.call(self._run(second, "stage2", relay_program(topics[1], topics[2])))]
+        self.settle(first)
+        self.settle(second)
+        out = self.call(self._pipeline(topics, messages, period))
+        for iid in ids:
+            self.call(self._kill(iid))
+        return out
+
+    async def _pipeline(self, topics: list[str], messages: int,
+                        period: float) -> list[float]:
+        loop = asyncio.get_running_loop()
         sent: dict[int, float] = {}
         got: dict[int, float] = {}
         done = asyncio.Event()
@@ -230,7 +249,7 @@ class LabSession:
                 done.set()
 
         self.host.subscribe(topics[2], on_out, qos=0)
-        await asyncio.sleep(2.0)  # the subscriptions are in place everywhere
+        await asyncio.sleep(1.0)  # the host's subscription is in place
         for seq in range(messages):
             sent[seq] = loop.time()
             self.host.publish(topics[0], json.dumps({"seq": seq}).encode(), qos=0)
@@ -240,32 +259,26 @@ class LabSession:
         except asyncio.TimeoutError:
             pass
         self.host.unsubscribe(topics[2])
-        for iid in ids:
-            await d.kill_code(iid)
         return [got[s] - sent[s] for s in sorted(got)]
 
     def cpu_seconds(self, worker: str) -> float:
-        """CPU seconds (user + system, of this machine) used so far by the processes in
-        ``worker``'s cgroup: the worker and its program processes."""
-        w = self.lab.worker(worker)
-        pids: set[int] = set()
-        for procs in w.cgroup.get("procs_files", [])[:1]:
-            pids.update(int(x) for x in Path(procs).read_text().split())
-        if not pids:  # no cgroup: the worker and its descendants
-            pids = {w.pid} if w.pid else set()
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / ticks
-        return total
+        """CPU seconds (of this machine) the worker's cgroup has used so far: the worker
+        and its program processes (the group's own counter, in ns)."""
+        from .labcpu import cpu_usage
 
-    def relay_cost(self, worker: str, messages: int = 200) -> dict[str, float]:
-        """A relay program on ``worker`` forwarding a burst of ``messages``: its CPU
-        seconds per message (this machine's, idle use subtracted) and its rate."""
+        used = cpu_usage(self.lab.worker(worker).cgroup)
+        if used is None:
+            raise RuntimeError(f"{worker} has no CPU counter: the lab does not emulate CPUs "
+                               f"({self.lab.cpu_emulation.get('reason', '?')})")
+        return used
+
+    def relay_cost(self, worker: str, messages: int = 60,
+                   period: float = 0.1) -> dict[str, float]:
+        """A relay program on ``worker`` forwarding ``messages`` sent ``period`` s apart:
+        its CPU seconds per message (this machine's, idle use subtracted) and the rate it
+        kept up with.  Paced, not a burst: at saturation the program process takes its
+        deliveries in batches and a message costs less than one arriving alone, as in a
+        pipeline's."""
         self.warm_up(worker)
         tag = secrets.token_hex(3)
         inp, out = f"e6/{tag}/flood", f"e6/{tag}/back"
@@ -276,13 +289,13 @@ class LabSession:
         time.sleep(idle_s)
         idle_rate = (self.cpu_seconds(worker) - c0) / (time.monotonic() - t0)
         c1 = self.cpu_seconds(worker)
-        seconds = self.call(self._flood(inp, out, messages))
+        seconds = self.call(self._flood(inp, out, messages, period))
         used = self.cpu_seconds(worker) - c1 - idle_rate * seconds
         self.call(self._kill(iid))
         return {"cpu_s_per_message": max(used, 0.0) / messages,
                 "per_s": messages / seconds, "idle_cpu": idle_rate}
 
-    async def _flood(self, inp: str, out: str, messages: int) -> float:
+    async def _flood(self, inp: str, out: str, messages: int, period: float) -> float:
         loop = asyncio.get_running_loop()
         count = 0
         done = asyncio.Event()
@@ -298,6 +311,7 @@ class LabSession:
         start = loop.time()
         for seq in range(messages):
             self.host.publish(inp, json.dumps({"seq": seq}).encode(), qos=0)
+            await asyncio.sleep(period)
         try:
             await asyncio.wait_for(done.wait(), 300)
         except asyncio.TimeoutError:
@@ -443,17 +457,32 @@ def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
         warm = rest_a + rest_b * r["bytes"]
         cold.append(max(0.0, r["seconds"] * get_profile(r["profile"]).cpu_factor - warm))
     events = [r["cpu_s_per_message"] * r["machine_factor"] for r in m.relay_rates]
-    will_a, will_b = linear_fit([float(w["keepalive"]) for w in m.wills],
-                                [w["delay"] for w in m.wills])
+    will = fit_wills(m.wills)
     cost = {"event_cost": statistics.median(events),
             "snapshot_base_cost": snap_a, "snapshot_cost_per_byte": snap_b,
             "restore_base_cost": rest_a, "restore_cost_per_byte": rest_b,
             "child_start_cost": statistics.median(cold) if cold else 0.0}
-    broker = {"service_time": statistics.median(m.broker_service_s),
-              "will_factor": will_b, "will_offset": will_a}
+    broker = {"service_time": statistics.median(m.broker_service_s), **will}
     return {"cost": cost, "broker": broker}
 
 
+def fit_wills(wills: list[dict[str, Any]], resolution: float = 0.25) -> dict[str, float]:
+    """The will timing: MQTT's 1.5 x keepalive deadline, met at the broker's next periodic
+    keepalive check.  Clients that connected together and went silent see their wills
+    at a few distinct delays, one per check; the check interval is the smallest gap
+    between them (rounded to ``resolution``).  With a single cluster there is nothing to
+    see a period in: a straight line through the delays instead."""
+    delays = sorted({round(w["delay"] / resolution) * resolution for w in wills})
+    gaps = [b - a for a, b in zip(delays, delays[1:]) if b - a > resolution]
+    if gaps:
+        return {"will_factor": 1.5, "will_offset": 0.0, "will_check_interval": min(gaps)}
+    offset, factor = linear_fit([float(w["keepalive"]) for w in wills],
+                                [w["delay"] for w in wills])
+    return {"will_factor": factor, "will_offset": offset, "will_check_interval": 0.0}
+
+
+#: the keepalives of the silent clients (s): deadlines 1.5-10.5 s span two checks or more
+WILL_KEEPALIVES = (1, 2, 4, 7)
 #: the fitting scenarios: (source, target) as indexes into CALIBRATION_PROFILES, sizes
 FIT_PAIR = (0, 1)
 FIT_SIZES_KB = (16.0, 128.0, 512.0)
@@ -474,13 +503,14 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
         s.warm.add(dst)
         for size in FIT_SIZES_KB:
             for _ in range(reps):
+                t0 = time.monotonic()
                 mig = s.migrate(src, dst, size)
                 snapshots.append({"profile": sp, "bytes": mig["snapshot_bytes"],
                                   "seconds": mig["snapshot_s"]})
                 restores.append({"profile": dp, "bytes": mig["snapshot_bytes"],
                                  "seconds": mig["restore_s"]})
                 log(f"  {size:g} KB: snapshot {mig['snapshot_s']:.4f} s, "
-                    f"restore {mig['restore_s']:.4f} s")
+                    f"restore {mig['restore_s']:.4f} s ({time.monotonic() - t0:.0f} s)")
         factor = s.lab.cpu_emulation.get("machine_factor") or 1.0
         for _ in range(reps):
             rates.append({"profile": sp, "machine_factor": factor, **s.relay_cost(src)})
@@ -490,7 +520,7 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
         service = [s.call(_broker_service(s.host)) for _ in range(reps)]
         log(f"  broker: {min(service) * 1e6:.1f}-{max(service) * 1e6:.1f} us/message")
         wills = [{"keepalive": k, "delay": d}
-                 for k, d in s.call(_will_delays(s.host, address, (1, 2, 4), reps),
+                 for k, d in s.call(_will_delays(s.host, address, WILL_KEEPALIVES, reps),
                                     timeout=120)]
         log("  wills: " + ", ".join(f"k={w['keepalive']}: {w['delay']:.2f} s" for w in wills))
         machine = dict(s.lab.cpu_emulation)

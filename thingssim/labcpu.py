@@ -39,8 +39,8 @@ from typing import Any, Callable
 
 from .sim.boards import BoardProfile
 
-__all__ = ["CgroupSupport", "CpuLimit", "WorkerGroup", "cpu_limit", "create_group", "detect",
-           "join_function", "remove_group"]
+__all__ = ["CgroupSupport", "CpuLimit", "WorkerGroup", "cpu_limit", "cpu_usage", "create_group",
+           "detect", "join_function", "remove_group"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MIN_QUOTA_US = 1000
@@ -60,6 +60,9 @@ class CgroupSupport:
     cpu_root: str = ""
     memory_root: str = ""
     reason: str = ""
+    #: v1: the cpuacct hierarchy when it is mounted apart from cpu (its groups count
+    #: CPU time in ns; v2's cpu.stat does that in the group itself)
+    cpuacct_root: str = ""
 
     @property
     def available(self) -> bool:
@@ -119,7 +122,10 @@ def detect() -> CgroupSupport:
         return CgroupSupport("v2", str(root), str(root))
     cpu, memory = CGROUP_ROOT / "cpu", CGROUP_ROOT / "memory"
     if (cpu / "cpu.cfs_quota_us").exists() and (memory / "memory.limit_in_bytes").exists():
-        return CgroupSupport("v1", str(cpu), str(memory))
+        acct = CGROUP_ROOT / "cpuacct"
+        separate = (acct / "cpuacct.usage").exists() and not (cpu / "cpuacct.usage").exists()
+        return CgroupSupport("v1", str(cpu), str(memory), cpuacct_root=str(acct) if separate
+                             else "")
     return CgroupSupport("none", reason="no cgroup v2 with the cpu and memory controllers "
                                         "and no cgroup v1 cpu and memory hierarchies under "
                                         f"{CGROUP_ROOT}")
@@ -137,6 +143,8 @@ class WorkerGroup:
     memory_bytes: int
     capped: bool
     procs_files: list[str] = field(default_factory=list)
+    #: where the group's CPU time is counted: ``cpuacct.usage`` (ns) or ``cpu.stat``
+    usage_file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,6 +169,7 @@ def create_group(support: CgroupSupport, lab: str, worker: str, limit: CpuLimit)
         _write(group / "cpu.max", f"{limit.quota_us} {limit.period_us}")
         _write(group / "memory.max", str(limit.memory_bytes))
         paths = [str(group)]
+        usage = str(group / "cpu.stat")
     elif support.version == "v1":
         cpu = Path(support.cpu_root) / rel
         memory = Path(support.memory_root) / rel
@@ -172,11 +181,35 @@ def create_group(support: CgroupSupport, lab: str, worker: str, limit: CpuLimit)
         _write(cpu / "cpu.cfs_quota_us", str(limit.quota_us))
         _write(memory / "memory.limit_in_bytes", str(limit.memory_bytes))
         paths = [str(cpu), str(memory)]
+        acct = Path(support.cpuacct_root) / rel if support.cpuacct_root else cpu
+        if support.cpuacct_root:
+            acct.parent.mkdir(exist_ok=True)
+            acct.mkdir(exist_ok=True)
+            paths.append(str(acct))
+        usage = str(acct / "cpuacct.usage")
     else:
         raise OSError(f"no cgroups: {support.reason}")
     return WorkerGroup(support.version, paths, limit.cpus, limit.quota_us, limit.period_us,
                        limit.memory_bytes, limit.capped,
-                       [str(Path(p) / "cgroup.procs") for p in paths])
+                       [str(Path(p) / "cgroup.procs") for p in paths], usage)
+
+
+def cpu_usage(group: dict[str, Any]) -> float | None:
+    """CPU seconds the group's processes have used (None: no group or no counter)."""
+    path = group.get("usage_file")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    if path.endswith("cpu.stat"):  # v2: "usage_usec N" among others
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        return None
+    return int(text.split()[0]) / 1e9
 
 
 def join_function(procs_files: list[str]) -> Callable[[], None] | None:

@@ -45,6 +45,7 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from itertools import count
@@ -71,23 +72,30 @@ class BrokerProfile:
     machine), and whether sessions and retained messages survive an outage.
 
     A silent client's will fires ``will_factor * keepalive + will_offset`` after the
-    broker last heard from it: MQTT says 1.5 x keepalive (the default); a real broker's
-    own timer makes it later (``thingssim calibrate --from-lab`` measures Mosquitto's)."""
+    broker last heard from it (MQTT says 1.5 x keepalive: the default), or with
+    ``will_check_interval`` > 0 at the first of the broker's keepalive checks, every that
+    many seconds of simulated time, after that deadline: Mosquitto 2.0 checks its
+    clients' keepalives only every ~6 s, so a frozen board's will comes 0-6 s late
+    (``thingssim calibrate --from-lab`` measures it)."""
 
     service_time: float = 0.0
     persistence: bool = True
     will_factor: float = 1.5
     will_offset: float = 0.0
+    will_check_interval: float = 0.0
 
     def __post_init__(self) -> None:
         if self.service_time < 0:
             raise ValueError("service_time must be >= 0")
-        if not self.will_factor > 0 or self.will_offset < 0:
-            raise ValueError("will_factor must be > 0 and will_offset >= 0")
+        if not self.will_factor > 0 or self.will_offset < 0 or self.will_check_interval < 0:
+            raise ValueError("will_factor must be > 0, will_offset and will_check_interval "
+                             ">= 0")
 
-    def will_delay(self, keepalive: float) -> float:
-        """Seconds from the last packet heard to a silent client's will."""
-        return self.will_factor * keepalive + self.will_offset
+    def will_due(self, heard: float, keepalive: float) -> float:
+        """When the will of a client silent since ``heard`` goes out."""
+        due = heard + (self.will_factor * keepalive + self.will_offset)
+        interval = self.will_check_interval
+        return math.ceil(due / interval) * interval if interval else due
 
 
 class Session:
@@ -652,7 +660,7 @@ class Broker:
         now = self.env._time
         if session.silent_since is None:
             session.silent_since = now
-        self._call_at(max(now, session.silent_since + self.profile.will_delay(session.keepalive)),
+        self._call_at(max(now, self.profile.will_due(session.silent_since, session.keepalive)),
                       self._will_check, session, session.token, self.epoch)
 
     def client_heard(self, client: SimTransport) -> None:
@@ -672,7 +680,7 @@ class Broker:
         client = session.client
         if client is not None and client._heard_at > heard:
             heard = client._heard_at  # a held arrival (see hold())
-        deadline = heard + self.profile.will_delay(session.keepalive)
+        deadline = self.profile.will_due(heard, session.keepalive)
         if deadline > now:
             self._call_at(deadline, self._will_check, session, token, epoch)
             return
