@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .. import protocol as p
 from ..clock import Clock
@@ -28,7 +28,11 @@ from .service import DEFAULT_ID
 
 class SchedulerClient:
     def __init__(self, transport: Transport, clock: Clock, scheduler_id: str = DEFAULT_ID,
-                 timeout: float = 30.0, client_id: Optional[str] = None) -> None:
+                 timeout: float = 30.0, client_id: Optional[str] = None,
+                 new_id: Optional[Callable[[], str]] = None) -> None:
+        #: makes application tokens (a simulation passes its world's seeded ids, so the
+        #: same seed gives the same tokens, instance ids and CSVs)
+        self.new_id = new_id or (lambda: uuid.uuid4().hex)
         self.transport = transport
         self.clock = clock
         self.scheduler_id = p.check_name("scheduler id", scheduler_id)
@@ -49,7 +53,7 @@ class SchedulerClient:
         if isinstance(app, (str, Path)):
             app = load_application(app)
         doc = application_to_dict(app) if isinstance(app, Application) else dict(app)
-        doc["token"] = token or uuid.uuid4().hex[:8]
+        doc["token"] = token or self.new_id()[:8]
         return self.request("run_application", doc, timeout)
 
     def pause(self, token: str) -> Any:
