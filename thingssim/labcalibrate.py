@@ -447,8 +447,18 @@ def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
     board's seconds times its profile's cpu_factor)."""
 
     def ref(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-        return ([float(r["bytes"]) for r in rows],
-                [r["seconds"] * get_profile(r["profile"]).cpu_factor for r in rows])
+        """Per state size (snapshots within 5% of each other), the median bytes and the
+        median reference seconds: a lab repetition that waited for the machine (another
+        job, a quota period) weighs nothing, as it would in a least-squares line."""
+        groups: list[list[dict[str, Any]]] = []
+        for r in sorted(rows, key=lambda r: r["bytes"]):
+            if groups and r["bytes"] <= 1.05 * groups[-1][0]["bytes"]:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        return ([statistics.median(float(r["bytes"]) for r in g) for g in groups],
+                [statistics.median(r["seconds"] * get_profile(r["profile"]).cpu_factor
+                                   for r in g) for g in groups])
 
     snap_a, snap_b = linear_fit(*ref(m.snapshots))
     rest_a, rest_b = linear_fit(*ref(m.restores))
@@ -472,10 +482,17 @@ def fit_wills(wills: list[dict[str, Any]], resolution: float = 0.25) -> dict[str
     at a few distinct delays, one per check; the check interval is the smallest gap
     between them (rounded to ``resolution``).  With a single cluster there is nothing to
     see a period in: a straight line through the delays instead."""
-    delays = sorted({round(w["delay"] / resolution) * resolution for w in wills})
-    gaps = [b - a for a, b in zip(delays, delays[1:]) if b - a > resolution]
+    clusters: list[list[float]] = []
+    for d in sorted(w["delay"] for w in wills):
+        if clusters and d - clusters[-1][-1] <= resolution:
+            clusters[-1].append(d)
+        else:
+            clusters.append([d])
+    means = [statistics.fmean(c) for c in clusters]
+    gaps = [b - a for a, b in zip(means, means[1:])]
     if gaps:
-        return {"will_factor": 1.5, "will_offset": 0.0, "will_check_interval": min(gaps)}
+        return {"will_factor": 1.5, "will_offset": 0.0,
+                "will_check_interval": round(min(gaps), 3)}
     offset, factor = linear_fit([float(w["keepalive"]) for w in wills],
                                 [w["delay"] for w in wills])
     return {"will_factor": factor, "will_offset": offset, "will_check_interval": 0.0}
@@ -528,6 +545,15 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
                                                                       "period_us")}
                              for w in s.lab.workers}
     return LabMeasurements(snapshots, restores, cold, rates, service, wills), machine
+
+
+def refit(path: str | Path) -> Path:
+    """Fit a calibration file's stored measurements again (after a change of the fit)."""
+    from .sim.calibration import Calibration, load_calibration
+
+    old = load_calibration(path)
+    fitted = fit_calibration(LabMeasurements(**old.record["measurements"]))
+    return Calibration(fitted["cost"], fitted["broker"], old.record).save(path)
 
 
 def calibrate_from_lab(out: str | Path, reps: int = 3,
