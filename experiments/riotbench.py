@@ -12,8 +12,9 @@ stages), the sink saw every stream end, the sink's end of stream came at
 most ``max(1 s, 10% of the run)`` after the source's (no backlog left), and the median
 latency of the last quarter of the tuples is at most twice that of the
 first quarter plus 100 ms (latency does not grow over the run).  Tuples lost are
-counted, not held against a rate: programs publish with QoS 0, and the Pi Zero's Wi-Fi
-link loses 0.2% of packets (its profile), whatever the rate.
+counted, not held against a rate: programs publish with QoS 0, which a fault could lose;
+the Pi Zero's Wi-Fi loses 0.2% of packets (its profile), which TCP retransmits, so those
+tuples arrive 0.2 s late rather than not at all.
 
 The simulation is deterministic (fixed cost model: every program event costs 100 us of
 the reference machine divided by the board's ``cpu_factor``), so the peak is a property
@@ -322,7 +323,8 @@ EXPERIMENT = Experiment(
         "Zeros (programs placed round robin, a file-system node), fed at `load` times the "
         "peak rate `python experiments/riotbench.py` found for that mix, for `duration` "
         "seconds: throughput, latency percentiles (source to sink), RIoTBench's jitter, "
-        "tuples lost (QoS 0 on the Pi Zero's lossy Wi-Fi) and drain time; with `migrate`, "
+        "tuples lost (QoS 0: none without faults; the Pi Zero's lossy Wi-Fi delays them "
+        "by TCP's retransmission) and drain time; with `migrate`, "
         "the dataflow's stateful stage (ETL's join, STATS' sliding regression, TRAIN's "
         "decision-tree trainer, PRED's classifier) moves to the next board halfway "
         "through. Not byte-identical from run to run: each stage program keeps the "

@@ -149,8 +149,11 @@ class LabSession:
 
         loop = asyncio.get_running_loop()
         url = self.lab.broker_url
+        # a program's first process on an emulated Pi Zero starts in ~25 s (two Pythons at
+        # 3% of a CPU: it and the warm pool's next), over the dispatcher's default 30 s
         self.dispatcher = Dispatcher(MqttTransport(url, client_id=f"{self.prefix}-d", loop=loop),
-                                     AsyncioClock(loop), {"id": f"{self.prefix}-d"})
+                                     AsyncioClock(loop), {"id": f"{self.prefix}-d",
+                                                          "request_timeout": 4 * 30.0})
         self.dispatcher.start()
         self.host = MqttTransport(url, client_id=f"{self.prefix}-h", loop=loop)
         self.host.connect()
