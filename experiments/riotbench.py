@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 SIM_PEAK = {("ETL", "beaglebone"): 29.0, ("STATS", "beaglebone"): 34.0,
             ("TRAIN", "beaglebone"): 148.0, ("PRED", "beaglebone"): 116.0,
             ("ETL", "pi-zero"): 20.0, ("STATS", "pi-zero"): 24.0,
-            ("TRAIN", "pi-zero"): 74.0, ("PRED", "pi-zero"): 80.0}
+            ("TRAIN", "pi-zero"): 88.0, ("PRED", "pi-zero"): 80.0}
 #: the stage each dataflow migrates mid-run: a stateful one (a join window, a regression
 #: window, a training set, a model)
 MIGRATED_STAGE = {"ETL": "join", "STATS": "sliding_linear_regression", "TRAIN": "dt_train",
