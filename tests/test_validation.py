@@ -165,7 +165,8 @@ def test_a_frozen_clients_will_waits_for_the_brokers_next_check():
         quiet = net.client("quiet", net.add_link("quiet", LinkProfile(latency=0.001)))
         watcher = net.client("watch", net.add_link("watch", LinkProfile(latency=0.001)))
         wills = []
-        watcher.subscribe("gone", lambda m: wills.append(world.clock.now()), qos=0)
+        watcher.subscribe("gone", lambda m, wills=wills, world=world:
+                          wills.append(world.clock.now()), qos=0)
         watcher.connect()
         quiet.connect(will=Message("gone", b"x"), keepalive=2.0)
         world.at(0.5, quiet.freeze)
