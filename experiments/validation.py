@@ -50,6 +50,7 @@ from thingssim.labcalibrate import (
     relay_program,
 )
 from thingssim.sim.boards import get_profile
+from thingssim.sim.calibration import load_calibration
 from thingssim.sim.world import World, link_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,11 +168,21 @@ def sim_pipeline(point: Mapping[str, Any], seed: int) -> list[float]:
 _SESSION: LabSession | None = None
 
 
-def _session() -> LabSession:
+def _machine_factor(point: Mapping[str, Any]) -> float | None:
+    """The machine factor the calibration's lab used: the validation lab's quotas must be
+    the same, or the two labs emulate different boards (a factor measured at a busy
+    moment makes every quota larger)."""
+    path = ROOT / point["calibration"]
+    if not path.exists():
+        return None
+    return load_calibration(path).record.get("machine", {}).get("machine_factor")
+
+
+def _session(point: Mapping[str, Any]) -> LabSession:
     """One lab for the whole run (its workers: CALIBRATION_PROFILES), closed at exit."""
     global _SESSION
     if _SESSION is None:
-        _SESSION = LabSession(CALIBRATION_PROFILES)
+        _SESSION = LabSession(CALIBRATION_PROFILES, machine_factor=_machine_factor(point))
         atexit.register(_SESSION.close)
     return _SESSION
 
@@ -193,7 +204,7 @@ def trial(point: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     lab = point["env"] == "lab"
     if point["kind"] == "migration":
         if lab:
-            s = _session()
+            s = _session(point)
             source, target = _worker(s, point["source"]), _worker(s, point["target"])
             try:
                 m = s.migrate(source, target, point["state_kb"], run_s=point["run_s"])
@@ -203,14 +214,19 @@ def trial(point: dict[str, Any], seed: int) -> list[dict[str, Any]]:
                 return [{"ok": False, "error": f"{type(exc).__name__}: {exc}"}]
         else:
             m = sim_migration(point, seed)
-        return [_migration_row(m)]
+        row = _migration_row(m)
+        if lab:
+            row["machine_factor"] = s.lab.cpu_emulation.get("machine_factor")
+        return [row]
     if lab:
-        s = _session()
+        s = _session(point)
         latencies = s.pipeline(_worker(s, point["source"]), _worker(s, point["target"]),
                                point["messages"], point["period_s"])
     else:
         latencies = sim_pipeline(point, seed)
-    return [{"message": i, "latency_ms": t * 1e3} for i, t in enumerate(latencies)]
+    factor = s.lab.cpu_emulation.get("machine_factor") if lab else None
+    return [{"message": i, "latency_ms": t * 1e3, "machine_factor": factor}
+            for i, t in enumerate(latencies)]
 
 
 # ------------------------------------------------------------------------ summary
