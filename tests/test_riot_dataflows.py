@@ -241,12 +241,16 @@ def test_dataflows_on_real_workers(workers, flow, received):
         assert s["received"] > 0
     if s["received"]:
         lat = result.measurement.latency["latency_ms"]
-        assert (lat > 0).all() and lat.max() < 5000
+        # within the run plus its drain (amqtt, the fallback broker, takes seconds at
+        # 100 msg/s through ETL's 8 hops; Mosquitto well under one)
+        assert (lat > 0).all() and lat.max() < 1000 * (3 + 15)
     assert set(result.placement.values()) == {"w1", "w2", "w3"}
     tasks = result.measurement.tasks
     assert (tasks["cpu_pct"].notna()).any()  # resource reports from /proc
 
 
+@mqtt_fixtures.needs_mosquitto(mqtt_fixtures.AMQTT_ONE_COPY_PER_FILTER + ": a stage moved "
+                               "beside the sink's filters would see tuples twice")
 def test_stages_migrated_mid_stream_lose_double_and_reorder_nothing_on_real_workers(workers):
     moves = [{"at": 0.8, "type": "migrate", "stage": "range_filter", "to": "w3"},
              {"at": 1.4, "type": "migrate", "stage": "join", "to": "w3"},
