@@ -390,12 +390,21 @@ class Lab:
         assert (decision == "committed") == outcome.startswith("moved"), (outcome, decision)
         owner = self.b if decision == "committed" else self.a
         killed = owner.id in self.killed
-        if killed:  # the only copy died with its board: Lost, and nowhere
-            await until(lambda: d.programs[self.iid].status == "Lost", 20,
+        if killed:  # the only copy died with its board: Lost, and nowhere running
+            # ... unless the target died before its owner record left it: then nobody but
+            # its journal knows it committed, and the source, in doubt, holds its copy
+            # Paused (never resumed, never dropped on a guess)
+            await until(lambda: d.programs[self.iid].status in ("Lost", "Paused"), 20,
                         f"the program reported Lost ({d.programs[self.iid].status})")
+            await asyncio.sleep(1.5)  # past lost_after: Lost if the dispatcher can know
             for board in (self.a, self.b):
                 procs = (await self.ask(d, board, "report", {}) or {}).get("procs", {})
-                assert self.iid not in procs, (board.id, procs)
+                if d.programs[self.iid].status == "Paused" and board is self.a \
+                        and owner is self.b:
+                    assert procs.get(self.iid, {"status": "Paused"})["status"] == "Paused", \
+                        procs  # held paused, or already dropped: never running
+                else:
+                    assert self.iid not in procs, (board.id, procs)
         else:
             await self.runs_on(d, owner)
         assert not self.overlaps, f"two engines reported the program Running: {self.overlaps}"
