@@ -51,6 +51,7 @@ from thingssim.experiment.style import (
     style,
     value_ticks,
 )
+from thingssim.labcalibrate import TICK, buffer_program
 from thingssim.sim.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,24 +60,8 @@ KEYS = ("program", "source", "target", "bandwidth_mbps", "latency_ms", "state_kb
 METRICS = ("snapshot_kb", *(f"{p}_ms" for p in PHASES), "total_ms")
 #: the synthetic program whose state size is a parameter
 BUFFER = "buffer"
-#: JSON bytes a reading of the buffer program takes in a snapshot (measured: a list of
-#: 10,000 random floats snapshots to 111 KB); the actual size is in every row
-BYTES_PER_READING = 11.1
-TICK = 0.1  # the buffer program's period (s)
-
-BUFFER_SOURCE = """\
-import random
-random.seed(7)
-readings = [random.random() for _ in range({n})]
-count = 0
-
-def tick():
-    global count
-    readings[count % len(readings)] = random.random()  # a live ring buffer
-    count += 1
-
-things.set_interval(tick, {tick})
-"""
+# the buffer program (a live ring buffer of ``state_kb`` KB of readings) is the one the lab
+# calibration measures too: ``thingssim.labcalibrate.buffer_program``
 
 PAIRS = (("beaglebone-black", "raspberry-pi-zero"), ("raspberry-pi-zero", "beaglebone-black"),
          ("beaglebone-black", "raspberry-pi-3"), ("raspberry-pi-3", "raspberry-pi-zero"),
@@ -123,8 +108,7 @@ def corpus_duration(name: str) -> float:
 def program_of(point: Mapping[str, Any]) -> tuple[str, float]:
     """The point's program source and how long it runs before the migration."""
     if point["program"] == BUFFER:
-        n = max(1, round(point["state_kb"] * 1024 / BYTES_PER_READING))
-        return BUFFER_SOURCE.format(n=n, tick=TICK), point["run_s"]
+        return buffer_program(point["state_kb"]), point["run_s"]
     name = point["program"]
     return ((CORPUS / f"{name}.py").read_text(encoding="utf-8"),
             point["corpus_fraction"] * corpus_duration(name))
