@@ -839,6 +839,7 @@ def _register_plugins() -> None:
     """Commands that live next to what they drive."""
     from .broker import broker_command
     from .calibrate import calibrate_command
+    from .dashboard.cli import build_command
     from .experiment.cli import experiment_command, report_command
     from .lab import lab_group
     from .riot.cli import riot_command
@@ -849,6 +850,7 @@ def _register_plugins() -> None:
     main.add_command(riot_command, "riot")
     main.add_command(experiment_command, "experiment")
     main.add_command(report_command, "report")
+    main.add_command(build_command(_broker_url, _auth, _tls, _tls_dict), "dashboard")
 
 
 _register_plugins()
