@@ -93,6 +93,12 @@ class Things:
         what a source stamps and a sink subtracts to measure latency."""
         return self._host._clock.wall()
 
+    def cpu_time(self) -> float:
+        """CPU seconds this program's completed events cost, across migrations: measured
+        on a real board, what the board's cost model charged in a simulation (so a
+        simulated run repeats).  The running callback counts once it returns."""
+        return self._host.cpu_time
+
     def exit(self, code: int = 0) -> None:
         """End the program after this callback."""
         raise ProgramExit(code)

@@ -12,8 +12,9 @@ from typing import Any, Protocol
 
 
 class Meter(Protocol):
-    def program_event(self, host: Any, seconds: float) -> None:
-        """One program callback ran and took ``seconds`` of real CPU."""
+    def program_event(self, host: Any, seconds: float) -> float:
+        """One program callback ran and took ``seconds`` of real CPU; returns the seconds
+        charged for it, which the program reads back as ``things.cpu_time()``."""
 
     def work(self, kind: str, nbytes: int, seconds: float) -> float:
         """Engine work (``snapshot``, ``restore``) on ``nbytes``; returns its duration."""
@@ -41,8 +42,8 @@ class ProcessMeter:
         self.clock = clock
         self._last: dict[int, tuple[float, float]] = {}
 
-    def program_event(self, host: Any, seconds: float) -> None:
-        return None
+    def program_event(self, host: Any, seconds: float) -> float:
+        return seconds
 
     def work(self, kind: str, nbytes: int, seconds: float) -> float:
         return seconds

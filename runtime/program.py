@@ -95,6 +95,19 @@ def _noop(*_: Any) -> None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _names_cpu_time(code: CodeType) -> bool:
+    """Does any function of the program name ``cpu_time``?  Only then does its snapshot
+    carry the CPU count (``loop.cpu_time``): every other snapshot keeps its bytes."""
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        if "cpu_time" in c.co_names:
+            return True
+        stack.extend(k for k in c.co_consts if isinstance(k, CodeType))
+    return False
+
+
 class ProgramHost:
     """Runs one program instance; see the module docstring."""
 
@@ -110,7 +123,7 @@ class ProgramHost:
         console: Callable[[str], None] = _noop,
         on_status: Callable[[ProgramHost], None] = _noop,
         on_subscriptions: Callable[[ProgramHost], None] = _noop,
-        on_event: Callable[[ProgramHost, float], None] = _noop,
+        on_event: Callable[[ProgramHost, float], float | None] = _noop,
         start_time: float = 0.0,
         random_seed: int | None = None,
     ) -> None:
@@ -124,7 +137,8 @@ class ProgramHost:
         self._console_hook = console
         self._status_hook = on_status
         self._subscriptions_hook = on_subscriptions
-        self._event_hook = on_event  # (host, seconds of CPU the event took): for cost models
+        #: (host, measured seconds of the event) -> seconds charged (None: as measured)
+        self._event_hook = on_event
 
         self.api = Things(self)
         self.fs = FsClient(self)  # things.fs: files in the global file system
@@ -142,7 +156,8 @@ class ProgramHost:
         self.exit_code: int | None = None
         self.error: str | None = None
         self.events_run = 0
-        self.cpu_time = 0.0
+        self.cpu_time = 0.0  # charged CPU of its events: things.cpu_time()
+        self._keeps_cpu = _names_cpu_time(self._code)
 
         self._queue: list[tuple] = []  # (due, seq, kind, ref): timers and messages
         self._timers: dict[int, _Timer] = {}
@@ -449,9 +464,9 @@ class ProgramHost:
         finally:
             self._in_callback = False
             spent = time.perf_counter() - started
-            self.cpu_time += spent
             self.events_run += 1
-            self._event_hook(self, spent)
+            charged = self._event_hook(self, spent)
+            self.cpu_time += spent if charged is None else charged
 
     def _after_event(self) -> None:
         if self.status is ProgramStatus.RUNNING and not self._timers \
@@ -516,7 +531,8 @@ class ProgramHost:
                         "source_sha256": document.source_hash(self.source)},
             "status": self.status.value, "time": self.program_time(),
             "loop": {"next_seq": self._seq, "next_timer_id": self._next_timer_id,
-                     "events_run": self.events_run},
+                     "events_run": self.events_run,
+                     **({"cpu_time": self.cpu_time} if self._keeps_cpu else {})},
             "globals": globals_ref, "timers": timers, "subscriptions": subscriptions,
             "messages": messages, "seen": dict(self._last_seen),
             "shapes": encoder.shapes, "objects": encoder.objects,
@@ -595,6 +611,7 @@ class ProgramHost:
         self._seq = int(loop["next_seq"])
         self._next_timer_id = int(loop["next_timer_id"])
         self.events_run = int(loop.get("events_run", 0))
+        self.cpu_time = float(loop.get("cpu_time", 0.0))
 
 
 def _bytes_field(data: bytes) -> dict:

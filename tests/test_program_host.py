@@ -219,3 +219,70 @@ def test_wall_time_keeps_running_while_the_program_clock_stands_still():
     run.host.resume()
     run.run(12.6)
     assert run.output.splitlines() == ["1.0 1.0", "2.0 12.0"]  # paused 10 s
+
+
+CPU_READER = """
+n = 0
+def tick():
+    global n
+    n += 1
+    print(n, things.cpu_time())
+things.set_interval(tick, 0.1)
+"""
+
+
+def test_cpu_time_is_what_the_meter_charged_for_completed_events():
+    """The injected hook's charge, not the measured seconds: the top level and every
+    tick before this one (the running callback counts once it returns)."""
+    clock = VirtualClock()
+    lines: list[str] = []
+    host = ProgramHost(CPU_READER, clock=clock, console=lines.append,
+                       on_event=lambda h, seconds: 0.25)
+    host.start()
+    clock.run(until=0.35)
+    assert "".join(lines).split("\n")[:3] == ["1 0.25", "2 0.5", "3 0.75"]
+    assert host.cpu_time == 1.0 and host.events_run == 4
+
+
+def test_cpu_time_without_a_meter_is_the_measured_time():
+    clock = VirtualClock()
+    lines: list[str] = []
+    host = ProgramHost(CPU_READER, clock=clock, console=lines.append)
+    host.start()
+    clock.run(until=0.35)
+    seen = [float(line.split()[1]) for line in lines if line.strip()]
+    assert len(seen) == 3 and 0 < seen[0] <= seen[1] <= seen[2] <= host.cpu_time
+
+
+def test_cpu_time_survives_a_snapshot_only_for_programs_that_read_it():
+    """Kept across migrations (like the program's own counters); a program whose code
+    never names ``cpu_time`` has nothing to keep, so its snapshot is as it always was."""
+    from runtime.snapshot import dumps, loads
+
+    clock = VirtualClock()
+    host = ProgramHost(CPU_READER, clock=clock, on_event=lambda h, s: 0.25)
+    host.start()
+    clock.run(until=0.25)
+    doc = loads(dumps(host.snapshot()))
+    assert doc["loop"]["cpu_time"] == 0.75
+    lines: list[str] = []
+    moved = ProgramHost.restore(doc, clock=VirtualClock(), console=lines.append,
+                                on_event=lambda h, s: 0.5)
+    moved._clock.run(until=0.15)
+    assert lines[0] == "3 0.75\n" and moved.cpu_time == 1.25
+    plain = ProgramHost("things.set_interval(print, 0.1)", clock=VirtualClock(),
+                        on_event=lambda h, s: 0.25)
+    plain.start()
+    assert "cpu_time" not in plain.snapshot()["loop"]
+
+
+def test_a_snapshot_with_a_bad_cpu_time_is_refused():
+    from runtime.snapshot import RestoreError, dumps, loads
+
+    host = ProgramHost(CPU_READER, clock=VirtualClock())
+    host.start()
+    doc = loads(dumps(host.snapshot()))
+    for bad in (-1.0, float("inf"), "1", True):
+        doc["loop"]["cpu_time"] = bad
+        with pytest.raises(RestoreError, match="cpu_time"):
+            ProgramHost.restore(doc, clock=VirtualClock())

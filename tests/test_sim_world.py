@@ -193,3 +193,29 @@ def test_real_time_code_awaits_the_same_futures():
 
     console = asyncio.run(main())
     assert console[:3] == ["0", "1", "2"]
+
+
+def test_things_cpu_time_is_the_board_meters_charge_and_moves_with_the_program():
+    """In "fixed" cost mode every event costs ``event_cost / cpu_factor`` of the board it
+    ran on: the program reads exactly that sum, across a migration to a slower board."""
+    world, d = make_world(1, profile="raspberry-pi-3")
+    world.add_board("zero", "raspberry-pi-zero")
+    world.run(world.env.now + 1.0)
+    reader = "n = 0\ndef tick():\n    global n\n    n += 1\n    print(n, things.cpu_time())\n" \
+             "things.set_interval(tick, 0.1)\n"
+    iid = world.wait(d.run_code("e0", "reader", reader))["id"]
+    world.run(world.env.now + 1.0)
+    world.wait(d.move_code("e0", "zero", "reader", iid))
+    world.run(world.env.now + 1.0)
+    cost = world.cost.event_cost
+    fast = world.boards["e0"].profile.cpu_factor
+    slow = world.boards["zero"].profile.cpu_factor
+    values = [float(line.split()[1]) for line in d.programs[iid].console]
+    steps = [round(b - a, 12) for a, b in zip(values, values[1:])]
+    fast_step, slow_step = round(cost / fast, 12), round(cost / slow, 12)
+    assert values[0] == pytest.approx(cost / fast)  # the top level, before the first tick
+    moved_at = steps.index(slow_step)
+    assert 5 < moved_at < len(steps) - 5
+    assert steps == [fast_step] * moved_at + [slow_step] * (len(steps) - moved_at)
+    host = world.boards["zero"].engine.programs[iid]
+    assert host.cpu_time == pytest.approx(values[-1] + cost / slow)

@@ -6,7 +6,7 @@ Layout (version 1)::
      "created_by": {"thingssim": ..., "python": ..., "machine": ...},
      "program": {"code_name", "instance_id", "filename", "source", "source_sha256"},
      "status": "Running" | "Paused", "time": <program clock>,
-     "loop": {"next_seq", "next_timer_id", "events_run"},
+     "loop": {"next_seq", "next_timer_id", "events_run"[, "cpu_time"]},
      "globals": <ref>, "timers": [...], "subscriptions": [...], "messages": [...],
      "shapes": [[key, ...], ...], "objects": [<entry>, ...],
      "modules": {"random": {"seed": <int> | "state": <ref>, "changed": {...},
@@ -96,6 +96,11 @@ def validate(doc: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise RestoreError(f"corrupt snapshot: loop.{key} must be an integer >= 0, "
                                f"not {value!r}")
+    cpu = doc["loop"].get("cpu_time", 0.0)  # optional: programs that read things.cpu_time()
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu) \
+            or cpu < 0:
+        raise RestoreError(f"corrupt snapshot: loop.cpu_time must be a finite number >= 0, "
+                           f"not {cpu!r}")
     program = doc["program"]
     for key in ("code_name", "instance_id", "source", "source_sha256"):
         if not isinstance(program.get(key), str):

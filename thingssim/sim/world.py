@@ -182,7 +182,7 @@ class BoardMeter:
             record = self._programs[host] = _ProgramMeter()
         return record
 
-    def program_event(self, host: Any, seconds: float) -> None:
+    def program_event(self, host: Any, seconds: float) -> float:
         board = self.board
         spent = self._event_spent if self._fixed else seconds / board.profile.cpu_factor
         board.occupy(spent)
@@ -192,6 +192,7 @@ class BoardMeter:
         record.busy += spent
         board.cpu_seconds += spent
         board.events += 1
+        return spent  # the program's things.cpu_time(): deterministic in "fixed" mode
 
     def work(self, kind: str, nbytes: int, seconds: float) -> float:
         model = self.model
