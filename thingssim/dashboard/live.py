@@ -224,15 +224,18 @@ class Live:
         from runtime.scheduler.appfile import _toml_loads, application_from_dict
         from runtime.scheduler.model import SchedulerError
 
+        as_json = filename.endswith(".json") or text.lstrip().startswith("{")
         try:
-            stripped = text.lstrip()
-            if filename.endswith(".json") or stripped.startswith("{"):
-                doc = json.loads(text)
-            else:
-                doc = _toml_loads(text)
+            doc = json.loads(text) if as_json else _toml_loads(text)
+        except ValueError as exc:
+            raise ActionError(400, "bad_request", f"{filename}: not valid "
+                              f"{'JSON' if as_json else 'TOML'}: {exc}") from None
+        except SchedulerError as exc:
+            raise ActionError(400, "bad_request", str(exc)) from None
+        try:
             app = application_from_dict(doc, base=None, origin=filename)
-        except (ValueError, SchedulerError) as exc:
-            raise ActionError(400, "bad_request", f"{filename}: {exc}") from None
+        except SchedulerError as exc:
+            raise ActionError(400, "bad_request", str(exc)) from None
         return await self._act("submit", {"application": app.name},
                                lambda: self.scheduler.submit(app))
 
