@@ -63,6 +63,7 @@ function secs(x) { return x === null || x === undefined ? "-" : x < 1 ? `${(x * 
 function toast(text, isError = false) {
   const box = el("div", { class: isError ? "err" : "", text });
   $("#toast").append(box);
+  while ($("#toast").children.length > 3) $("#toast").firstChild.remove();
   setTimeout(() => box.remove(), isError ? 8000 : 4000);
 }
 function errorText(body, status) {
@@ -194,18 +195,47 @@ function engineCard(e) {
   return card;
 }
 
+function cardKey(e) {
+  const stale = e.status !== "dead" && e.last_seen && S.now - e.last_seen > 5;
+  const chips = [...S.programs.values()].filter((p) => p.engine === e.id).map((p) => `${p.id}:${p.status}`).join(",");
+  return `${e.status}|${e.device}|${e.memory_limit}|${e.cpu_source}|${stale}|${chips}|${S.selected}`;
+}
+
+// A card is rebuilt when what it shows besides its metrics changed; otherwise only its
+// two metric rows are replaced (so a chip under the mouse stays the same element).
+function updateCard(card, e) {
+  const key = cardKey(e);
+  if (card.dataset.key !== key) {
+    const fresh = engineCard(e);
+    fresh.dataset.key = key;
+    card.replaceWith(fresh);
+    return fresh;
+  }
+  const last = e.samples.length ? e.samples[e.samples.length - 1] : null;
+  const metrics = card.querySelectorAll(".metric");
+  metrics[0].replaceWith(metric(e.cpu_source === "programs" ? "CPU*" : "CPU", e.samples, 1, "cpu", last ? pct(last[1]) : "-"));
+  metrics[1].replaceWith(metric("mem", e.samples, 2, "mem", last ? bytes(last[2]) : "-"));
+  return card;
+}
+
 function renderEngines() {
   const box = $("#engines");
   const ids = [...S.engines.keys()].sort();
   $("#engine-count").textContent = `(${ids.length}: ${ids.filter((i) => S.engines.get(i).status !== "dead").length} alive)`;
   const existing = new Map([...box.children].map((c) => [c.dataset.engine, c]));
-  if (S.dirty.has("structure") || existing.size !== ids.length) {
-    box.replaceChildren(...ids.map((id) => (S.dirtyEngines.has(id) || !existing.has(id)) ? engineCard(S.engines.get(id)) : existing.get(id)));
-  } else {
-    for (const id of S.dirtyEngines) {
-      const old = existing.get(id);
-      if (old && S.engines.has(id)) old.replaceWith(engineCard(S.engines.get(id)));
-    }
+  const order = [...box.children].map((c) => c.dataset.engine).join(",");
+  if (order !== ids.join(",")) {
+    box.replaceChildren(...ids.map((id) => {
+      const card = existing.get(id) || engineCard(S.engines.get(id));
+      if (!existing.has(id)) card.dataset.key = cardKey(S.engines.get(id));
+      return card;
+    }));
+  }
+  const all = S.dirty.has("structure");
+  for (const id of ids) {
+    if (!all && !S.dirtyEngines.has(id)) continue;
+    const card = box.querySelector(`.card[data-engine="${CSS.escape(id)}"]`);
+    if (card) updateCard(card, S.engines.get(id));
   }
   const select_ = $("#run-engine");
   const alive = ids.filter((i) => S.engines.get(i).status !== "dead");
@@ -236,8 +266,8 @@ function programRow(p) {
   if (p.error) status.append(el("div", { class: "err", text: p.error.split("\n").slice(-2).join(" ") }));
   tr.append(status);
   tr.append(el("td", { text: p.engine || "-" }));
-  tr.append(el("td", {}, el("div", { class: "metric" }, sparkline(p.samples, 1, "cpu"), el("span", { class: "value", text: last ? pct(last[1]) : "-" }))));
-  tr.append(el("td", {}, el("div", { class: "metric" }, sparkline(p.samples, 2, "mem"), el("span", { class: "value", text: last ? bytes(last[2]) : "-" }))));
+  tr.append(el("td", { class: "m" }, el("div", { class: "metric" }, sparkline(p.samples, 1, "cpu"), el("span", { class: "value", text: last ? pct(last[1]) : "-" }))));
+  tr.append(el("td", { class: "m" }, el("div", { class: "metric" }, sparkline(p.samples, 2, "mem"), el("span", { class: "value", text: last ? bytes(last[2]) : "-" }))));
   const actions = el("td", { class: "actions" });
   if (live) {
     actions.append(p.status === "Paused"
@@ -255,6 +285,29 @@ function programRow(p) {
   return tr;
 }
 
+function rowKey(p) {
+  const targets = [...S.engines.values()].filter((e) => e.status !== "dead").map((e) => e.id).sort().join(",");
+  return `${p.status}|${p.engine}|${p.error}|${targets}|${S.selected === p.id}`;
+}
+
+// A row is rebuilt only when its status, engine, error or the possible targets changed
+// (so a target picked in its select survives the next resource report); otherwise only
+// its two metric cells are replaced.
+function updateRow(tr, p) {
+  const key = rowKey(p);
+  if (tr.dataset.key !== key) {
+    const fresh = programRow(p);
+    fresh.dataset.key = key;
+    tr.replaceWith(fresh);
+    return fresh;
+  }
+  const last = p.samples.length ? p.samples[p.samples.length - 1] : null;
+  const cells = tr.querySelectorAll("td.m");
+  cells[0].replaceChildren(el("div", { class: "metric" }, sparkline(p.samples, 1, "cpu"), el("span", { class: "value", text: last ? pct(last[1]) : "-" })));
+  cells[1].replaceChildren(el("div", { class: "metric" }, sparkline(p.samples, 2, "mem"), el("span", { class: "value", text: last ? bytes(last[2]) : "-" })));
+  return tr;
+}
+
 function renderPrograms() {
   const body = $("#programs tbody");
   const order = [...S.programs.values()].sort((a, b) => {
@@ -262,16 +315,18 @@ function renderPrograms() {
     return rank(a) - rank(b) || a.id.localeCompare(b.id);
   });
   const existing = new Map([...body.children].map((r) => [r.dataset.program, r]));
-  const focused = document.activeElement && body.contains(document.activeElement);
-  if (S.dirty.has("structure") || existing.size !== order.length) {
-    if (focused) return;  // do not pull a select out from under the user's hand
-    body.replaceChildren(...order.map((p) => (S.dirtyPrograms.has(p.id) || !existing.has(p.id)) ? programRow(p) : existing.get(p.id)));
-  } else {
-    for (const id of S.dirtyPrograms) {
-      const old = existing.get(id);
-      if (!old || (focused && old.contains(document.activeElement))) continue;
-      old.replaceWith(programRow(S.programs.get(id)));
-    }
+  if ([...body.children].map((r) => r.dataset.program).join(",") !== order.map((p) => p.id).join(",")) {
+    body.replaceChildren(...order.map((p) => {
+      const tr = existing.get(p.id) || programRow(p);
+      if (!existing.has(p.id)) tr.dataset.key = rowKey(p);
+      return tr;
+    }));
+  }
+  const all = S.dirty.has("structure");
+  for (const p of order) {
+    if (!all && !S.dirtyPrograms.has(p.id)) continue;
+    const tr = body.querySelector(`tr[data-program="${CSS.escape(p.id)}"]`);
+    if (tr) updateRow(tr, p);
   }
 }
 
@@ -525,7 +580,7 @@ function lineChart(title, t, series, unit) {
   const all = series.flatMap((s) => s.values);
   const hi = Math.max(1, ...all);
   const n = Math.max(1, t.length - 1);
-  const root = svg("svg", { width: W, height: H });
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg" });
   root.append(svg("text", { x: 2, y: top + 8 }, document.createTextNode(hi.toFixed(hi < 10 ? 1 : 0))));
   root.append(svg("text", { x: 2, y: bottom }, document.createTextNode("0")));
   root.append(svg("line", { x1: left, x2: right, y1: bottom, y2: bottom, stroke: "#d0d5de" }));
@@ -545,13 +600,13 @@ function renderLoad(r) {
   box.replaceChildren(...Object.entries(load.boards).map(([b, s]) => lineChart(
     `${b}: messages/s (bucket ${load.bucket_s} s), programs`, load.t,
     [{ name: "sent/s", values: s.sent, color: "#2f5fd0" }, { name: "received/s", values: s.received, color: "#e07b00" },
-      { name: "programs", values: s.programs, color: "#1f9d55" }]))));
+      { name: "programs", values: s.programs, color: "#1f9d55" }])));
 }
 function renderLatency(r) {
   $("#latency").replaceChildren(...r.latency.map((h) => {
     const W = 300, H = 110, left = 4, bottom = H - 18;
     const hi = Math.max(...h.counts, 1), n = h.counts.length, bw = (W - 8) / n;
-    const root = svg("svg", { width: W, height: H, class: "histogram" });
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "histogram chart-svg" });
     h.counts.forEach((c, i) => {
       const rect = svg("rect", { x: left + i * bw, y: bottom - (bottom - 6) * c / hi, width: Math.max(1, bw - 1), height: (bottom - 6) * c / hi, fill: "#2f5fd0" });
       rect.append(svg("title", {}, document.createTextNode(`${h.edges[i].toFixed(3)}–${h.edges[i + 1].toFixed(3)} ms: ${c}`)));
