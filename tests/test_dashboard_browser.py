@@ -90,6 +90,13 @@ def wait_js(driver, script: str, what: str, timeout: float = 20.0, *args):
     return wait_until(lambda: js(driver, script, *args), timeout, what, interval=0.05)
 
 
+def click(driver, selector: str) -> None:
+    """Click what ``selector`` finds now (a row or listing may be redrawn between a
+    lookup and a click: live updates replace it)."""
+    wait_js(driver, "const n = document.querySelector(arguments[0]); if (n) n.click();"
+                    "return !!n", f"{selector} to click", 20.0, selector)
+
+
 def shoot(driver, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     js(driver, "const t = document.getElementById('toast'); if (t) t.replaceChildren()")
@@ -195,10 +202,6 @@ things.set_interval(tick, 0.5)
 '''
 
 
-def row(driver, iid: str):
-    return driver.find_element(By.CSS_SELECTOR, f'#programs tr[data-program="{iid}"]')
-
-
 def test_live_fleet_in_the_browser(browser, broker, tmp_path):
     workers = Workers(broker.url, tmp_path)
     services = Services(broker.url, tmp_path)
@@ -242,15 +245,18 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
     b.find_element(By.ID, "run-go").click()
     iid = wait_js(b, "const r = document.querySelector('#programs tr[data-status=Running]');"
                      "return r && r.dataset.program", "the program running")
-    assert row(b, iid).get_attribute("data-engine") == "w1"
+    assert js(b, f"return document.querySelector('#programs tr[data-program=\"{iid}\"]')"
+                 ".dataset.engine") == "w1"
     wait_js(b, "return document.getElementById('console-lines').dataset.program === "
                f"'{iid}' && +document.getElementById('console-lines').dataset.lines >= 20",
             "20 console lines")
 
     # migrate it by picking a target in its row
-    Select(row(b, iid).find_element(By.CSS_SELECTOR, "select.migrate-target")) \
-        .select_by_value("w2")
-    row(b, iid).find_element(By.CSS_SELECTOR, "button.migrate").click()
+    # (in one script: a row redrawn between two WebDriver calls would lose the choice)
+    js(b, "const r = document.querySelector(`#programs tr[data-program='${arguments[0]}']`);"
+          "const s = r.querySelector('select.migrate-target'); s.value = 'w2';"
+          "s.dispatchEvent(new Event('change')); r.querySelector('button.migrate').click()",
+       iid)
     wait_js(b, f"const r = document.querySelector('#programs tr[data-program=\"{iid}\"]');"
                "return r && r.dataset.engine === 'w2'", "the program on w2")
     migrated = wait_js(b, "const a = document.querySelector('#actions li[data-kind=migrate]"
@@ -283,7 +289,7 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
     assert_consecutive(console_numbers(b))
 
     # an error as the engine sent it: migrating a program that has ended
-    row(b, iid).find_element(By.CSS_SELECTOR, "button.kill").click()
+    click(b, f'#programs tr[data-program="{iid}"] button.kill')
     wait_js(b, f"const r = document.querySelector('#programs tr[data-program=\"{iid}\"]');"
                "return r && r.dataset.status === 'Exited'", "the program killed")
 
@@ -295,7 +301,7 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
     b.find_element(By.ID, "files-mkdir").click()
     wait_js(b, "return !!document.querySelector('#files tr[data-path=\"/codes\"] a')",
             "the /codes folder")
-    b.find_element(By.CSS_SELECTOR, '#files tr[data-path="/codes"] a').click()
+    click(b, '#files tr[data-path="/codes"] a')
     wait_js(b, "return document.getElementById('files-path').textContent === '/codes'",
             "inside /codes")
     b.find_element(By.ID, "files-upload").send_keys(str(program))
@@ -317,7 +323,7 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
                           "[data-engine=w2]'); return r && r.dataset.program",
                        "the program from the file system running on w2")
     assert from_gfs.startswith("counter.py")
-    row(b, from_gfs).find_element(By.CSS_SELECTOR, "button.kill").click()
+    click(b, f'#programs tr[data-program="{from_gfs}"] button.kill')
 
     # applications: submit one, see its placements and the scheduler's events
     app_file = tmp_path / "tickers.toml"
@@ -332,7 +338,7 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
     wait_js(b, "return document.querySelectorAll('#sched-events li').length > 0",
             "scheduler events")
     shoot(b, "apps")
-    b.find_element(By.CSS_SELECTOR, "#apps tr[data-app] button.kill").click()
+    click(b, "#apps tr[data-app] button.kill")
     wait_js(b, "const r = document.querySelector('#apps tr[data-app]');"
                "return r && !r.textContent.includes('Running')", "the application killed")
 
