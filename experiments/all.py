@@ -83,20 +83,11 @@ EXPERIMENTS = [
     Experiment("gfs_logger",
                "thingssim sim experiments/scenarios/gfs_logger.toml --out results/gfs_logger",
                deterministic=tuple(f"gfs_logger/{f}" for f in (*_SCENARIO_CSVS, "gfs.csv"))),
-    Experiment("migration_hops",
-               "python experiments/migration_hops.py --seed 1 --hops 10 --out results",
-               deterministic=("migration_hops.csv",),
-               measured=("migration_hops_times.csv", "migration_hops.png")),
     Experiment("benchmarks",
                "pytest tests/benchmarks --benchmark-enable "
                "--benchmark-json results/benchmarks.json",
                measured=("benchmarks.json",),
                needs="Mosquitto or amqtt (the MQTT round-trip benchmark)"),
-    Experiment("report_benchmarks",
-               "python experiments/report_benchmarks.py results/benchmarks.json "
-               "--out results/migration_benchmarks.csv",
-               measured=("migration_benchmarks.csv",),
-               needs="results/benchmarks.json (the benchmarks command)"),
     Experiment("sim_scale",
                "python experiments/sim_scale.py --boards 100 1000 3000 10000 --minutes 10 "
                "--out results",
@@ -141,14 +132,16 @@ EXPERIMENTS = [
                measured=tuple(f"thingsmigrate/{f}" for f in (
                    "trials.csv", "summary.csv", *_figures("overhead", "snapshots"),
                    "provenance.json"))),
-    # not yet byte-identical across PYTHONHASHSEED values (so neither across joblib/Dask
-    # workers): the migrated stage's snapshot size varies by a few bytes with string
-    # hashing (the migration rows differ in the 5th digit); the rest is deterministic
     Experiment("riotbench_experiment",
                "thingssim experiment riotbench --out results/riotbench",
-               measured=tuple(f"riotbench/{f}" for f in (
-                   "trials.csv", "summary.csv", *_figures("latency", "throughput"),
-                   "provenance.json"))),
+               deterministic=tuple(f"riotbench/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("latency", "throughput"))),
+               measured=("riotbench/provenance.json",)),
+    Experiment("migration_hops",
+               "thingssim experiment migration_hops --out results/migration_hops",
+               deterministic=tuple(f"migration_hops/{f}" for f in (
+                   "trials.csv", "summary.csv", *_figures("sizes"))),
+               measured=("migration_hops/provenance.json",)),
     # E6: the lab half needs root, iproute2 and Mosquitto (without them it is skipped and
     # the lab columns are blank); the calibration first, then the comparison
     Experiment("calibration",

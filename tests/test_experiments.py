@@ -192,3 +192,34 @@ def test_report_is_a_function_of_the_csvs(e1_tiny, tmp_path):
 def test_seed_lists_are_spelled_as_ranges():
     assert seed_list([3, 1, 2, 5, 7, 8, 9]) == "1-3,5,7-9"
     assert seed_list([4]) == "4"
+
+
+def test_e3_quick_gives_the_same_bytes_on_every_run(tmp_path, monkeypatch):
+    """E3 is deterministic since the stages count their CPU with ``things.cpu_time()``
+    (the cost model's charge) instead of keeping ``perf_counter`` seconds in the state
+    a migration carries; the second run is from another directory."""
+    a = tmp_path / "a"
+    _run("riotbench", "--quick", "--out", str(a))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _run("riotbench", "--quick", "--out", "../b")
+    b = tmp_path / "b"
+    for name in CSVS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    trials = pd.read_csv(a / "trials.csv")
+    assert trials[trials["migrate"]]["migration_ok"].all()
+
+
+def test_migration_hops_quick_is_deterministic_and_no_program_notices(tmp_path):
+    for name in ("a", "b"):
+        _run("migration_hops", "--quick", "--out", str(tmp_path / name))
+    for name in CSVS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    trials = pd.read_csv(tmp_path / "a" / "trials.csv")
+    assert set(trials["program"]) == {"closures", "counter", "factorial"}
+    assert (trials.groupby(["program", "seed"])["hop"].max() == 3).all()
+    assert (trials["identical"] == 1).all()
+    assert (trials["gzip_bytes"] < trials["bytes"]).all()
+    first = trials[(trials["program"] == "counter") & (trials["seed"] == 1)]
+    assert list(first["hop"]) == [1, 2, 3] and first["event"].is_monotonic_increasing

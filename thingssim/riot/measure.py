@@ -28,8 +28,9 @@ tuple of every stage.  :class:`Measurement` turns that into tables.  Definitions
   second of the task's active time: first to last report with traffic); **processing
   time** per input tuple = the program's CPU seconds (the engines' resource reports:
   ``/proc`` on a board, the cost model in a simulation) / tuples in; **task time** per
-  input tuple = seconds inside the task call measured by the program
-  (``time.perf_counter``; in a simulation, the host's time, not the simulated one);
+  input tuple = the CPU of the stage program's own callbacks (``things.cpu_time()``,
+  across migrations: measured on a board, without the runtime's share that /proc sees;
+  in a simulation the cost model's charge, so about the processing time);
   **input delay** (queueing) = mean and maximum of the time from the upstream's publish
   to the start of handling (network + broker + waiting in the board's queue); **CPU**
   mean percent of one core and **memory** peak resident MB, from the resource reports.
@@ -265,7 +266,7 @@ def _task_frame(c: Collector, meta: dict[str, Any]) -> pd.DataFrame:
             "selectivity": n_out / n_in if n_in else float("nan"),
             "in_rate": in_rate, "out_rate": out_rate,
             "processing_ms": 1e3 * cpu_s / n_in if n_in else float("nan"),
-            "task_ms": 1e3 * s.get("busy", 0.0) / n_in if n_in else float("nan"),
+            "task_ms": 1e3 * s.get("cpu", 0.0) / n_in if n_in else float("nan"),
             "delay_ms": 1e3 * s.get("delay_sum", 0.0) / n_in if n_in else float("nan"),
             "delay_max_ms": 1e3 * s.get("delay_max", 0.0),
             "cpu_pct": float(np.mean(pcts)) if pcts else float("nan"),

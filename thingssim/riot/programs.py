@@ -32,8 +32,10 @@ to yet (QoS 0 would drop it).
 
 **Reports.**  Every ``report_s`` seconds of program time and at the end of its stream,
 each task publishes cumulative counters on ``riot/<run>/stats/<stage>``: tuples in and
-out, seconds spent inside the task call (``time.perf_counter``: the real CPU on a board,
-the host's in a simulation), and the sum and maximum of input delays.  The sink sends its
+out, the CPU its callbacks have cost so far (``things.cpu_time()``: measured on a board,
+the cost model's charge in a simulation, so simulated reports, and the snapshots of a
+migrated stage, are the same bytes on every run), and the sum and maximum of input
+delays.  The sink sends its
 per-tuple rows (stream, sequence number, ids, stamp, arrival) on ``riot/<run>/report``.
 """
 
@@ -71,8 +73,6 @@ def sink_program(spec: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------ tasks
 TASK_BODY = r'''
-import time
-
 import runtime.riot.tasks  # noqa: F401  (registers every task class)
 from runtime.riot import tasks as riot
 
@@ -85,7 +85,6 @@ pending = []         # source ids consumed since the last output (window stages)
 ended = []           # inputs whose end of stream came
 n_in = 0
 n_out = 0
-busy = 0.0           # seconds inside the task call
 delay_sum = 0.0      # sum of (start of handling - upstream publish time)
 delay_max = 0.0
 models = 0           # model updates applied (PRED)
@@ -145,7 +144,7 @@ def emit(out):
 
 
 def on_tuple(topic, item):
-    global n_in, busy, delay_sum, delay_max, pending
+    global n_in, delay_sum, delay_max, pending
     if item.get("_eos"):
         if topic not in ended:
             ended.append(topic)
@@ -159,9 +158,7 @@ def on_tuple(topic, item):
     n_in += 1
     if SPEC["ids"] == "window":
         pending.extend(item.get("_ids", ()))
-    t0 = time.perf_counter()
     outs = task(item) if task is not None else [dict(item)]
-    busy += time.perf_counter() - t0
     if not outs:
         return
     if SPEC["ids"] == "window":
@@ -274,7 +271,7 @@ def report():
     if done:  # the end of stream again at every report: QoS 0 may lose any one copy
         things.publish(SPEC["output"], {"_eos": True, "_seq": seq, "_sent": things.time()})
     stats = {"stage": SPEC["stage"], "t": things.time(), "in": n_in, "out": n_out,
-             "busy": busy, "delay_sum": delay_sum, "delay_max": delay_max, "eos": done,
+             "cpu": things.cpu_time(), "delay_sum": delay_sum, "delay_max": delay_max, "eos": done,
              "models": models, "stored": stored, "plots": plots}
     if task is not None:
         for name in ("errors", "skipped", "misses", "rejected", "filled"):
@@ -359,7 +356,7 @@ def report():
     if done:  # the end of stream, again at every report (QoS 0 may lose a copy)
         things.publish(SPEC["output"], {"_eos": True, "_seq": n, "_sent": things.time()})
     things.publish(SPEC["stats_topic"], {"stage": "source", "t": things.time(), "in": 0,
-                                         "out": n, "busy": 0.0, "delay_sum": 0.0,
+                                         "out": n, "cpu": things.cpu_time(), "delay_sum": 0.0,
                                          "delay_max": 0.0, "eos": done})
 
 

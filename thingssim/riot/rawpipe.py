@@ -161,6 +161,11 @@ class Things:
     def time(self) -> float:
         return time.time()
 
+    def cpu_time(self) -> float:
+        """This process's CPU seconds: one process per task, so the task's (the runtime's
+        ``things.cpu_time()`` counts only its callbacks)."""
+        return time.process_time()
+
     def exit(self, code: int = 0) -> None:
         self.exit_code = code
 
