@@ -1,47 +1,56 @@
 """Migrate every corpus program many times and check it never notices.
 
-For each program in ``tests/programs`` (or ``--programs DIR``): run it once
-uninterrupted, then again with ``--hops`` migrations at seeded random loop boundaries,
-each one a real snapshot -> JSON -> restore into a fresh host.  Records per hop the
-snapshot size (raw, gzip), capture and restore time, and whether the final output is
-identical.  Writes (``--out``, default ``results/``):
+    thingssim experiment migration_hops --out results/migration_hops
+    thingssim experiment migration_hops --quick
 
-- ``migration_hops.csv``: per hop the event, program time, snapshot size (raw, gzip) and
-  whether the output was identical.  Deterministic: the same seed gives a byte-identical
-  file, from any directory, with any ``PYTHONHASHSEED``.
-- ``migration_hops_times.csv`` and ``migration_hops.png``: the measured capture and
-  restore times (wall clock, so they differ from run to run).
+For each program in ``tests/programs``, one trial (a seed) runs it once uninterrupted,
+then again with ``hops`` migrations at loop boundaries the seed picks, each one a real
+snapshot -> JSON -> restore into a fresh host on a virtual clock.  One row per hop: the
+event and program time it happened at, the snapshot size (raw JSON and gzip level 6),
+and whether the program's whole output was identical to the uninterrupted run's.
 
-    python experiments/migration_hops.py --seed 1 --hops 10 --out results
+Deterministic: sizes and hop points are functions of the seed, so the CSVs are the same
+bytes on every run, backend and ``PYTHONHASHSEED``; seed 1's rows are those of the
+script this experiment replaced (``python experiments/migration_hops.py --seed 1``,
+whose ``results/migration_hops.csv`` they continue).  The old script also timed each
+snapshot and restore with the wall clock; E2 (``thingssim experiment thingsmigrate``)
+measures those times for the same programs with replications, so they are no longer
+taken here.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import random
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from runtime import ProgramHost, VirtualClock  # noqa: E402
 from runtime.bus import LocalBus  # noqa: E402
 from runtime.snapshot import dumps, loads  # noqa: E402
+from thingssim.experiment import Experiment, grid  # noqa: E402
+from thingssim.experiment.stats import wide  # noqa: E402
+from thingssim.experiment.style import ci_note, save, style  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-#: the columns of migration_hops.csv: all of them are the same on every run of a seed
-DETERMINISTIC = ["program", "hop", "event", "program_time", "bytes", "gzip_bytes",
-                 "output_identical"]
+PROGRAMS = ROOT / "tests" / "programs"
+KEYS = ("program", "hops")
+METRICS = ("bytes", "gzip_bytes", "identical")
 
 
-def _host(console: list[str], source: str | None = None, doc: dict | None = None):
+def corpus() -> list[str]:
+    return sorted(p.stem for p in PROGRAMS.glob("*.py"))
+
+
+def _host(console: list[str], source: str | None = None,
+          doc: dict | None = None) -> tuple[Any, VirtualClock]:
     clock, bus = VirtualClock(), LocalBus()
     hooks = {"clock": clock, "publish": bus.publish, "console": console.append}
     host = ProgramHost.restore(doc, **hooks) if doc is not None else \
@@ -49,7 +58,8 @@ def _host(console: list[str], source: str | None = None, doc: dict | None = None
     return bus.attach(host), clock
 
 
-def measure(name: str, source: str, hops: int, rng: random.Random) -> list[dict]:
+def measure(name: str, source: str, hops: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The hops of one program: one row per migration (see the module docstring)."""
     plain: list[str] = []
     host, clock = _host(plain, source)
     host.start()
@@ -59,70 +69,81 @@ def measure(name: str, source: str, hops: int, rng: random.Random) -> list[dict]
     console: list[str] = []
     host, clock = _host(console, source)
     host.start()
-    rows = []
+    rows: list[dict[str, Any]] = []
     while host.alive:
         while points and host.events_run >= points[0]:
             points.pop(0)
-            started = time.perf_counter()
             data = dumps(host.snapshot())
-            captured = time.perf_counter()
             host, clock = _host(console, doc=loads(data))
-            restored = time.perf_counter()
-            rows.append({"program": name, "hop": len(rows) + 1, "event": host.events_run,
+            rows.append({"hop": len(rows) + 1, "event": host.events_run,
                          "program_time": host.program_time(), "bytes": len(data),
-                         "gzip_bytes": len(gzip.compress(data, 6, mtime=0)),
-                         "snapshot_ms": (captured - started) * 1e3,
-                         "restore_ms": (restored - captured) * 1e3})
+                         "gzip_bytes": len(gzip.compress(data, 6, mtime=0))})
         if not clock.step():
             break
-    identical = "".join(console) == "".join(plain)
+    identical = int("".join(console) == "".join(plain))
     for row in rows:
-        row["output_identical"] = identical
+        row["identical"] = identical
     return rows
 
 
-def main() -> int:
-    wall_start = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--hops", type=int, default=10)
-    parser.add_argument("--programs", type=Path, default=ROOT / "tests" / "programs")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
-    args = parser.parse_args()
-    programs = sorted(args.programs.glob("*.py"), key=lambda p: p.name)
-    if not programs:
-        parser.error(f"no programs in {args.programs}")
-    rows = []
-    for path in tqdm(programs, desc="programs", unit="prog"):
-        rng = random.Random(f"{args.seed}:{path.stem}")
-        rows.extend(measure(path.stem, path.read_text(encoding="utf-8"), args.hops, rng))
-    df = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    sizes, times = args.out / "migration_hops.csv", args.out / "migration_hops_times.csv"
-    figure = args.out / "migration_hops.png"
-    df[DETERMINISTIC].to_csv(sizes, index=False, float_format="%.6g", lineterminator="\n")
-    df[["program", "hop", "snapshot_ms", "restore_ms"]].to_csv(
-        times, index=False, float_format="%.6g", lineterminator="\n")
-    summary = df.groupby("program").agg(
-        hops=("hop", "max"), kb=("bytes", lambda b: b.median() / 1024),
-        gzip_kb=("gzip_bytes", lambda b: b.median() / 1024),
-        snapshot_ms=("snapshot_ms", "median"), restore_ms=("restore_ms", "median"),
-        identical=("output_identical", "all"))
-    print(summary.round(2).to_string())
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.scatter(df["bytes"] / 1024, df["snapshot_ms"], s=12, label="snapshot")
-    ax.scatter(df["bytes"] / 1024, df["restore_ms"], s=12, label="restore", marker="x")
-    ax.set(xscale="log", yscale="log", xlabel="snapshot size (KiB, raw JSON)",
-           ylabel="time (ms)", title=f"Live migration of {len(programs)} programs "
-           f"({len(df)} hops, seed {args.seed})")
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(figure, dpi=120)
-    print(f"written: {sizes}, {times}, {figure}")
-    print(f"run time: {time.perf_counter() - wall_start:.1f} s")
-    return 0 if bool(summary["identical"].all()) else 1
+def trial(point: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    name = point["program"]
+    rng = random.Random(f"{seed}:{name}")  # the old script's seeding: seed 1 repeats it
+    source = (PROGRAMS / f"{name}.py").read_text(encoding="utf-8")
+    return measure(name, source, int(point["hops"]), rng)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def figures(trials: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+    mean, ci = wide(summary, KEYS), wide(summary, KEYS, "ci95")
+    n = trials.groupby("program")["seed"].nunique().max() if len(trials) else 0
+    y = np.arange(len(mean))
+    with style():
+        fig, ax = plt.subplots(figsize=(7, 0.28 * len(mean) + 1.4), layout="constrained")
+        ax.barh(y + 0.2, mean["bytes"] / 1024, 0.4, xerr=ci["bytes"] / 1024,
+                label="raw JSON")
+        ax.barh(y - 0.2, mean["gzip_bytes"] / 1024, 0.4, xerr=ci["gzip_bytes"] / 1024,
+                label="gzip")
+        ax.set_yticks(y, mean["program"])
+        ax.invert_yaxis()
+        ax.set(xscale="log", xlabel="snapshot size (KiB)")
+        bad = mean[mean["identical"] < 1]["program"].tolist()
+        ax.set_title(f"Corpus programs migrated {int(mean['hops'].max())} times each, "
+                     f"{ci_note(n)}; output identical: "
+                     f"{'all' if not bad else 'not ' + ', '.join(bad)}", fontsize=9)
+        ax.legend(loc="lower right")
+        files = save(fig, out / "fig_sizes")
+    return files
+
+
+def headline(summary: pd.DataFrame) -> pd.DataFrame:
+    mean = wide(summary, KEYS)
+    n = summary[summary["metric"] == "bytes"].set_index("program")["n"]
+    return pd.DataFrame({"program": mean["program"], "migrations": n.reindex(mean["program"])
+                         .to_numpy(),
+                         "snapshot (KiB)": mean["bytes"] / 1024,
+                         "gzip (KiB)": mean["gzip_bytes"] / 1024,
+                         "output identical": mean["identical"] == 1})
+
+
+EXPERIMENT = Experiment(
+    name="migration_hops",
+    title="Many migrations of every corpus program: snapshot sizes, output unchanged",
+    description=(
+        "Each program of the corpus (`tests/programs`) runs once uninterrupted, then "
+        "again with `hops` migrations at loop boundaries the seed picks (a snapshot to "
+        "JSON, then a restore into a fresh host): per hop the snapshot size, raw and "
+        "gzipped, and whether the whole output equals the uninterrupted run's. Seed 1 "
+        "reproduces the rows of the retired `experiments/migration_hops.py --seed 1`; "
+        "snapshot and restore times are E2's."),
+    params={"program": corpus(), "hops": 10},
+    seeds=range(1, 6),
+    presets={"quick": {"program": ["closures", "counter", "factorial"], "hops": 3,
+                       "seeds": range(1, 3)},
+             "tiny": {"program": ["counter"], "hops": 2, "seeds": range(1, 2)}},
+    keys=KEYS,
+    metrics=METRICS,
+    design=lambda params: grid(params, ["program"]),
+    trial=trial,
+    figures=figures,
+    headline=headline,
+)

@@ -15,7 +15,8 @@ collector off (as ``timeit`` does), the host and plain sides
 (and thingssim and cloudpickle) alternating in an order the seed shuffles, so that drift
 of this shared machine's speed hits both sides alike.  The workloads are those of
 ``tests/benchmarks`` (``workloads.py``), so these numbers are comparable with the
-pytest-benchmark table (``results/migration_benchmarks.csv``).
+pytest-benchmark ones (``results/benchmarks.json``; this experiment replaced the ratio
+table ``experiments/report_benchmarks.py`` made from them).
 
 These are measurements: the CSVs differ on every run (sizes excepted), and parallel
 backends (``--jobs``, ``--dask``) would make the two sides compete for the CPU: run it

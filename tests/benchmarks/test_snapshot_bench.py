@@ -2,7 +2,9 @@
 
 The state is each corpus program halfway through its run (by event count): globals,
 timers, subscriptions and queued messages.  Sizes (raw and gzip level 6) go to
-``extra_info``; ``experiments/report_benchmarks.py`` turns a run into the ratio table.
+``extra_info`` (of ``results/benchmarks.json``).  E2 (``thingssim experiment
+thingsmigrate``) measures the same workloads with replications and confidence intervals:
+its table replaced the ratio table once made from this file.
 """
 
 from __future__ import annotations
