@@ -2,6 +2,8 @@
 
     python experiments/recovery.py --seed 1 --out results/scheduling          # simulation
     python experiments/recovery.py --real --seed 1 --out results/scheduling   # + real workers
+    python experiments/recovery.py --keep-real --seed 1 --out results/scheduling
+        # the simulation anew, the real workers' rows of recovery.csv kept as they are
 
 A scheduler places one application (4 programs that publish a sequence number every
 0.1 s and hold a blob of the given size, so their snapshots have that size); after a
@@ -233,9 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--real", action="store_true", help="also on real workers")
+    parser.add_argument("--keep-real", action="store_true",
+                        help="keep the real workers' rows of OUT/recovery.csv as they are "
+                             "and rerun only the simulation (real rows are measured: a "
+                             "rerun takes minutes and gives other numbers)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "scheduling")
     args = parser.parse_args(argv)
+    if args.real and args.keep_real:
+        parser.error("--real reruns the real workers, --keep-real keeps their rows: one")
     args.out.mkdir(parents=True, exist_ok=True)
+    kept: list[list[str]] = []
+    if args.keep_real:
+        with open(args.out / "recovery.csv", newline="") as f:
+            kept = [row for row in csv.reader(f) if row and row[0] == "real"]
+        if not kept:
+            parser.error(f"--keep-real: {args.out / 'recovery.csv'} has no real rows")
     rows = []
     for interval in INTERVALS:
         for size in SIZES:
@@ -251,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         writer.writerows(rows)
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+        writer.writerows(kept)  # as read: the same bytes
+    frame = pd.concat([pd.DataFrame(rows, columns=COLUMNS),
+                       pd.read_csv(args.out / "recovery.csv").iloc[len(rows):]],
+                      ignore_index=True) if kept else pd.DataFrame(rows, columns=COLUMNS)
     plot(frame, args.out)
     summary = frame.groupby(["world", "checkpoint_s", "snapshot_bytes"]).agg(
         recovery_s=("recovery_s", "mean"), after_fence_s=("after_fence_s", "mean"),
