@@ -510,3 +510,55 @@ def test_with_a_password_a_login_is_required():
         assert no_header.status_code == 403
         assert c.post("/api/programs/x.1/pause", headers={"Authorization": basic,
                                                           "X-CSRF-Token": "1"}).status_code == 404
+
+
+# ====================================================================== the command
+def test_cli_refuses_unsafe_or_empty_setups(tmp_path):
+    from click.testing import CliRunner
+
+    from thingssim.cli import main
+
+    runner = CliRunner()
+    nothing = runner.invoke(main, ["dashboard"])
+    assert nothing.exit_code == 2 and "give a broker URL, --results DIR, or both" in nothing.output
+    exposed = runner.invoke(main, ["dashboard", "--results", str(ROOT / "results" / "migration"),
+                                   "--host", "0.0.0.0"], env={"THINGSSIM_DASHBOARD_PASSWORD": ""})
+    assert exposed.exit_code == 2 and "refusing to serve on 0.0.0.0 without a password" in \
+        exposed.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(main, ["dashboard", "--results", str(tmp_path / "empty")])
+    assert empty.exit_code == 1 and "no results here" in empty.output
+    bad_url = runner.invoke(main, ["dashboard", "http://host:1883"])
+    assert bad_url.exit_code == 2
+
+
+def test_cli_serves_a_results_folder(tmp_path):
+    """The command as a user runs it: the page and its assets from the installed package."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from dashboard_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "thingssim.cli", "dashboard", "--results",
+                             str(ROOT / "results" / "migration_chain"), "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                page = httpx.get(url + "/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                asyncio.run(asyncio.sleep(0.05))
+        assert page.status_code == 200 and "app.js" in page.text
+        assert httpx.get(url + "/static/app.js").status_code == 200
+        assert httpx.get(url + "/api/results").json()["name"] == "migration_chain"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0].decode()
+    assert f"thingssim dashboard on http://127.0.0.1:{port}/" in out

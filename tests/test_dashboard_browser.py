@@ -352,3 +352,26 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
             timeout=FAILURE_DETECTION_S)
     assert time.monotonic() - killed_at <= FAILURE_DETECTION_S
     assert console_errors(b) == []
+
+
+def test_login_page_then_the_dashboard(tmp_path):
+    """With a password: the page asks for it, refuses a wrong one, then shows the results."""
+    from thingssim.dashboard.auth import Auth
+
+    driver = make_driver(tmp_path / "profile")
+    try:
+        app = create_app(results=ROOT / "results" / "migration_chain",
+                         auth=Auth("s3cret", fail_delay=0))
+        with Server(app) as server:
+            driver.get(server.url + "/")
+            wait_js(driver, "return location.pathname === '/login'", "the login page")
+            driver.find_element(By.ID, "password").send_keys("wrong\n")
+            wait_js(driver, "return !document.getElementById('failed').hidden",
+                    "'wrong password' shown")
+            driver.find_element(By.ID, "password").send_keys("s3cret\n")
+            wait_js(driver, "return document.querySelectorAll('#timeline-svg line.migration')"
+                            ".length > 0", "the results after logging in")
+            assert not driver.find_element(By.ID, "logout").get_attribute("hidden")
+            assert console_errors(driver) == []
+    finally:
+        driver.quit()
