@@ -562,3 +562,55 @@ def test_cli_serves_a_results_folder(tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=15)[0].decode()
     assert f"thingssim dashboard on http://127.0.0.1:{port}/" in out
+
+
+# ====================================================================== the broker's ACL
+def test_actions_are_bound_by_the_broker_acl(tmp_path):
+    """Through Mosquitto with passwords and an ACL: as ``dispatcher`` the dashboard runs a
+    program on a real worker; as ``guest`` (no right to publish commands) the same action
+    never reaches the engine and fails with no reply, as ``thingssim dispatch`` would."""
+    import httpx
+    import mqtt_fixtures
+    from dashboard_server import Server
+    from test_real_workers import Workers
+
+    from thingssim.dashboard.cli import open_live
+
+    mqtt_fixtures.require_mosquitto("the amqtt fallback has no password files or ACLs")
+    broker = mqtt_fixtures._start(config={
+        "allow_anonymous": False,
+        "password_file": str(mqtt_fixtures.make_password_file(tmp_path / "passwords",
+                                                              mqtt_fixtures.AUTH_USERS)),
+        "acl_file": str(_write(tmp_path / "acl", mqtt_fixtures.AUTH_ACL))})
+    workers = Workers(broker.url, tmp_path)
+    try:
+        workers.start("w1", username="engine", password=mqtt_fixtures.AUTH_USERS["engine"])
+        for user, expect in (("dispatcher", 200), ("guest", 504)):
+            app = create_app(lambda user=user: open_live(
+                broker.url, username=user, password=mqtt_fixtures.AUTH_USERS[user],
+                timeout=2.0))
+            with Server(app) as server:
+                for _ in range(400):
+                    state = httpx.get(server.url + "/api/state").json()
+                    if state["engines"].get("w1", {}).get("status") == "idle":
+                        break
+                    asyncio.run(asyncio.sleep(0.05))
+                token = httpx.get(server.url + "/api/session").json()["csrf"]
+                run = httpx.post(server.url + "/api/programs", timeout=30,
+                                 json={"engine": "w1", "source": COUNTER},
+                                 headers={"X-CSRF-Token": token})
+                assert run.status_code == expect, (user, run.text)
+                if expect == 200:
+                    iid = run.json()["result"]["id"]
+                    httpx.post(f"{server.url}/api/programs/{iid}/kill", timeout=30,
+                               headers={"X-CSRF-Token": token})
+                else:
+                    assert run.json()["error"]["code"] == "timeout"
+    finally:
+        workers.stop_all()
+        broker.stop()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
