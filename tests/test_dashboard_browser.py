@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "dashboard"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-#: the test workers' keepalive (s); a killed worker's socket closes, so its will is sent
-#: at once, and a silent one's within 1.5 x keepalive plus Mosquitto's ~6 s check
-KEEPALIVE = 2
+#: w2's keepalive (s): a frozen worker's will comes 1.5 x keepalive after its last packet,
+#: at Mosquitto's next check (every ~6 s), a killed one's at once (its socket closes).  The
+#: page marks an engine silent after three report periods (1.5 s here, at least 2 s), so
+#: before a frozen w2's will can come (6 s or more)
+KEEPALIVE = 4
 FAILURE_DETECTION_S = 1.5 * KEEPALIVE + 6.5
 
 broker = mqtt_fixtures.broker
@@ -206,7 +208,7 @@ def test_live_fleet_in_the_browser(browser, broker, tmp_path):
     workers = Workers(broker.url, tmp_path)
     services = Services(broker.url, tmp_path)
     try:
-        workers.start("w1", keepalive=KEEPALIVE, device="raspberry-pi-3")
+        workers.start("w1", keepalive=2, device="raspberry-pi-3")
         workers.start("w2", keepalive=KEEPALIVE, device="beaglebone-black")
         app = create_app(lambda: open_live(broker.url, timeout=10.0))
         with Server(app) as server:
@@ -224,8 +226,24 @@ def test_live_fleet_in_the_browser(browser, broker, tmp_path):
         workers.stop_all()
 
 
+def services_up(url: str) -> None:
+    """Until the file service and the scheduler answer through the dashboard (they may
+    take seconds to start on a busy machine; a page loaded before would log their 504)."""
+    import httpx
+
+    def answers(path: str) -> bool:
+        try:
+            return httpx.get(url + path, timeout=30).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(lambda: answers("/api/files?path=/codes") and answers("/api/apps"), 90,
+               "the file service and the scheduler", interval=0.2)
+
+
 def _drive_the_fleet(browser, server, workers, tmp_path):
     b = browser
+    services_up(server.url)
     b.get(server.url + "/")
     # both engines, alive, with their devices and resource sparklines
     wait_js(b, "const c = document.querySelectorAll('#engines .card');"
@@ -295,14 +313,14 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
 
     # files: upload into /codes, then run the program from there
     b.get(server.url + "/#files")
-    wait_js(b, "return document.getElementById('files-path').textContent === '/'",
-            "the file browser")
+    wait_js(b, "return !!document.querySelector('#files tr[data-path=\"/apps\"]')",
+            "the file browser listing /")
     b.find_element(By.ID, "files-newdir").send_keys("codes")
     b.find_element(By.ID, "files-mkdir").click()
     wait_js(b, "return !!document.querySelector('#files tr[data-path=\"/codes\"] a')",
             "the /codes folder")
     click(b, '#files tr[data-path="/codes"] a')
-    wait_js(b, "return document.getElementById('files-path').textContent === '/codes'",
+    wait_js(b, "return !!document.querySelector('#files tr[data-path=\"/codes/data\"]')",
             "inside /codes")
     b.find_element(By.ID, "files-upload").send_keys(str(program))
     b.find_element(By.ID, "files-put").click()
@@ -342,9 +360,15 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
     wait_js(b, "const r = document.querySelector('#apps tr[data-app]');"
                "return r && !r.textContent.includes('Running')", "the application killed")
 
-    # a killed worker turns dead on the page within the failure-detection time
+    # a frozen worker is marked silent, and once killed turns dead on the page within the
+    # failure-detection time
     b.get(server.url + "/#fleet")
     wait_js(b, "return document.querySelectorAll('#engines .card').length === 2", "fleet")
+    workers.procs["w2"].send_signal(signal.SIGSTOP)
+    silent = wait_js(b, "const s = document.querySelector('.card[data-engine=w2] .stale');"
+                        "return s && s.textContent", "w2 marked silent", timeout=10)
+    assert silent.startswith("no report for ")
+    assert js(b, "return document.querySelector('.card[data-engine=w1] .stale')") is None
     killed_at = time.monotonic()
     workers.procs["w2"].send_signal(signal.SIGKILL)
     wait_js(b, "const c = document.querySelector('.card[data-engine=w2]');"

@@ -95,8 +95,9 @@ class Live:
         suffix = uuid.uuid4().hex[:8]
         self.scheduler = SchedulerClient(transport, clock, scheduler_id, timeout,
                                          client_id=f"{dispatcher.id}-sched-{suffix}")
+        # one resend, as `thingssim fs` does: a request lost while the service (re)starts
         self.gfs = GfsClient(transport, clock, gfs_id, timeout,
-                             client_id=f"{dispatcher.id}-gfs-{suffix}")
+                             client_id=f"{dispatcher.id}-gfs-{suffix}", retries=1)
         self.gfs_state: Optional[str] = None
         self.fleet.attach(dispatcher, scheduler_id)
         transport.subscribe(f"{gfs_id}/state", self._on_gfs_state, qos=1)

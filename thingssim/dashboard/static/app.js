@@ -17,6 +17,7 @@ const S = {
   schedEvents: [],
   schedState: null,
   now: 0,
+  clockOffset: 0,
   selected: null,            // program whose console is shown
   dirtyEngines: new Set(),
   dirtyPrograms: new Set(),
@@ -92,8 +93,21 @@ function pushBounded(list, items, limit) {
   if (list.length > limit) list.splice(0, list.length - limit);
 }
 
+// seconds since an engine's last report, by the server's clock (0 if dead or never)
+function silentFor(e) {
+  if (e.status === "dead" || !e.last_seen) return 0;
+  return Date.now() / 1000 + S.clockOffset - e.last_seen;
+}
+// an engine is marked silent after three of its report periods (at least 2 s)
+function staleAfter(e) {
+  const s = e.samples.slice(-10);
+  const period = s.length >= 2 ? (s[s.length - 1][0] - s[0][0]) / (s.length - 1) : 1;
+  return Math.max(2, 3 * period);
+}
+
 function applyDelta(d) {
   S.now = d.now;
+  S.clockOffset = d.now - Date.now() / 1000;
   if (d.full) {
     S.engines.clear(); S.programs.clear(); S.actions.clear();
     S.logs = []; S.schedEvents = [];
@@ -159,13 +173,13 @@ function metric(label, samples, index, kind, text) {
 
 function engineCard(e) {
   const last = e.samples.length ? e.samples[e.samples.length - 1] : null;
-  const stale = e.status !== "dead" && e.last_seen && S.now - e.last_seen > 5;
+  const silent = silentFor(e);
   const card = el("div", { class: `card s-${e.status}`, "data-engine": e.id, "data-status": e.status });
   card.append(el("div", { class: "top" }, el("span", { class: "name", text: e.id }),
     el("span", { class: `badge s-${e.status}`, text: e.status })));
   card.append(el("div", { class: "device", text: (e.device || "device not given") +
     (e.memory_limit ? ` · limit ${e.memory_limit} MB` : "") }));
-  if (stale) card.append(el("div", { class: "stale", text: `no report for ${(S.now - e.last_seen).toFixed(0)} s` }));
+  if (silent > staleAfter(e)) card.append(el("div", { class: "stale", text: `no report for ${silent.toFixed(0)} s` }));
   const cpuLabel = e.cpu_source === "programs" ? "CPU*" : "CPU";
   card.append(metric(cpuLabel, e.samples, 1, "cpu", last ? pct(last[1]) : "-"));
   card.append(metric("mem", e.samples, 2, "mem", last ? bytes(last[2]) : "-"));
@@ -196,7 +210,8 @@ function engineCard(e) {
 }
 
 function cardKey(e) {
-  const stale = e.status !== "dead" && e.last_seen && S.now - e.last_seen > 5;
+  const silent = silentFor(e);
+  const stale = silent > staleAfter(e) ? Math.floor(silent) : 0;
   const chips = [...S.programs.values()].filter((p) => p.engine === e.id).map((p) => `${p.id}:${p.status}`).join(",");
   return `${e.status}|${e.device}|${e.memory_limit}|${e.cpu_source}|${stale}|${chips}|${S.selected}`;
 }
@@ -694,7 +709,14 @@ async function start() {
   $("#files-put").addEventListener("click", uploadFile);
   $("#files-mkdir").addEventListener("click", makeFolder);
   $("#results-back").addEventListener("click", () => loadResults());
-  if (S.session.live) { connectEvents(); loadCodes(); }
+  if (S.session.live) {
+    connectEvents(); loadCodes();
+    // an engine that stops reporting sends nothing: look at the silent ones every second
+    setInterval(() => {
+      for (const e of S.engines.values()) if (silentFor(e) > staleAfter(e)) S.dirtyEngines.add(e.id);
+      if (S.dirtyEngines.size) schedule();
+    }, 1000);
+  }
   showTab();
   document.body.dataset.ready = "1";
 }
