@@ -497,8 +497,10 @@ async function submitApp() {
 
 // ------------------------------------------------------------------ files
 async function listFiles(path) {
+  const ticket = (S.filesTicket = (S.filesTicket || 0) + 1);
   try {
     const entries = await api("GET", `/api/files?path=${encodeURIComponent(path)}`);
+    if (ticket !== S.filesTicket) return;  // a later listing was asked for meanwhile
     S.filesPath = path;
     $("#files-path").textContent = path;
     $("#files tbody").replaceChildren(...entries.map((e) => {
@@ -510,7 +512,7 @@ async function listFiles(path) {
         el("td", { text: e.kind === "file" ? bytes(e.size) : "" }),
         el("td", { text: e.mtime > 1e8 ? new Date(e.mtime * 1000).toLocaleString() : `t=${e.mtime}` }), el("td", {}, link));
     }));
-  } catch (err) { toast(`${path}: ${err.message}`, true); }
+  } catch (err) { if (ticket === S.filesTicket) toast(`${path}: ${err.message}`, true); }
 }
 async function uploadFile() {
   const file = $("#files-upload").files[0];
