@@ -25,8 +25,19 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on", timeout_graceful_shutdown=1)
+        self.app = app
+        self.loop: Any = None
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve()
+
+        asyncio.run(serve())
 
     def __enter__(self) -> Server:
         self.thread.start()
@@ -38,5 +49,9 @@ class Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        hub = getattr(self.app.state, "hub", None)
+        loop = self.loop
+        if hub is not None and loop is not None:  # end the event streams first
+            loop.call_soon_threadsafe(hub.close)
         self.server.should_exit = True
         self.thread.join(15)

@@ -317,6 +317,8 @@ def _drive_the_fleet(browser, server, workers, tmp_path):
             "the file browser listing /")
     b.find_element(By.ID, "files-newdir").send_keys("codes")
     b.find_element(By.ID, "files-mkdir").click()
+    wait_js(b, "return [...document.querySelectorAll('#toast div')]"
+               ".some(t => t.textContent.startsWith('mkdir /codes: '))", "mkdir's outcome")
     wait_js(b, "return !!document.querySelector('#files tr[data-path=\"/codes\"] a')",
             "the /codes folder")
     click(b, '#files tr[data-path="/codes"] a')

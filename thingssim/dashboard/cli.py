@@ -42,9 +42,23 @@ def serve(app: Any, host: str, port: int, before: Optional[Callable[[], Any]] = 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=2,
                             proxy_headers=False, server_header=False)
-    server = uvicorn.Server(config)
+
+    class StreamsEndingServer(uvicorn.Server):
+        """Ends the pages' event streams at Ctrl-C, so that the server need not wait
+        for them (uvicorn waits for open connections before it stops)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            hub = getattr(getattr(app, "state", None), "hub", None)
+            if hub is not None and loop is not None:
+                loop.call_soon_threadsafe(hub.close)
+            super().handle_exit(sig, frame)
+
+    server = StreamsEndingServer(config)
+    loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def main() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
         if before is not None:
             await before()
         await server.serve()

@@ -518,18 +518,21 @@ async function uploadFile() {
   const file = $("#files-upload").files[0];
   if (!file) { toast("choose a file to upload", true); return; }
   const target = `${S.filesPath.replace(/\/$/, "")}/${file.name}`;
+  const ticket = S.filesTicket;
   await perform(`upload ${target}`, () => api("PUT", `/api/files?path=${encodeURIComponent(target)}`, file, true)
     .then((r) => ({ state: "ok", result: `${r.path}: ${bytes(r.size)}` })));
   $("#files-upload").value = "";
-  listFiles(S.filesPath); loadCodes();
+  if (ticket === S.filesTicket) listFiles(S.filesPath);  // unless the user went elsewhere
+  loadCodes();
 }
 async function makeFolder() {
   const name = $("#files-newdir").value.trim();
   if (!name) return;
   const path = name.startsWith("/") ? name : `${S.filesPath.replace(/\/$/, "")}/${name}`;
+  const ticket = S.filesTicket;
   await perform(`mkdir ${path}`, () => api("POST", "/api/files/mkdir", { path }).then((r) => ({ state: "ok", result: r.path })));
   $("#files-newdir").value = "";
-  listFiles(S.filesPath);
+  if (ticket === S.filesTicket) listFiles(S.filesPath);  // unless the user went elsewhere
 }
 
 // ------------------------------------------------------------------ results
