@@ -310,7 +310,8 @@ class ProgramHost:
     def publish(self, topic: str, payload: Any, qos: int | None = None) -> None:
         if type(topic) is not str or not topic or "+" in topic or "#" in topic:
             validate_topic(topic)  # raises the precise error
-        if topic == self.fs.command_topic:  # else a program could speak for no program
+        if topic.endswith("/cmd") and topic == self.fs.command_topic:  # else a program
+            # could speak for no program (endswith first: no string built per publish)
             raise PermissionError(f"programs reach the file service through things.fs, "
                                   f"not by publishing on {topic!r}")
         if qos is None:

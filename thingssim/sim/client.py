@@ -42,7 +42,7 @@ Modelling choices this module owns (see :mod:`thingssim.sim.network` for the oth
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from runtime.subscriptions import SubscriptionTable
 from runtime.topics import validate_filter, validate_topic
@@ -93,6 +93,9 @@ class SimTransport:
         #: when each core of the board is next free (``Board.cores``): messages leave
         #: once core 0, the engine's thread that relays them, is free; None: at once
         self.gate: Sequence[float] | None = None
+        #: called for each message sent or received: when the engine's thread has
+        #: handled it (it takes the thread); None: messages cost no CPU
+        self.charge: Callable[[], float] | None = None
         self._subs = SubscriptionTable(
             lambda handler, message, exc: network._handler_failed(client_id, message, exc),
             owner=client_id)
@@ -157,6 +160,11 @@ class SimTransport:
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         net = self.network
+        if self.charge is not None:  # the engine's thread handles it first
+            at = self.charge()
+            if at > net.env._time:
+                net._call_at(at, self._publish_late, self._life, topic, payload, qos, retain)
+                return
         gate = self.gate
         if gate is not None and gate[0] > net.env._time:  # the board's relay is busy
             net._call_at(gate[0], self._publish_late, self._life, topic, payload, qos, retain)
@@ -590,7 +598,19 @@ class SimTransport:
         if rows is not None:
             rows.append((now, event, self.client_id, pub.topic, pub.wire, qos, pub.id,
                          now - pub.t0, detail))
+        if self.charge is not None:  # the engine's thread parses it first
+            at = self.charge()
+            if handlers and at > now:
+                net._call_at(at, self._deliver_late, self._life, msg, handlers)
+                return
         if handlers:
+            self._subs.deliver(msg, handlers)
+
+    def _deliver_late(self, life: int, msg: Message, handlers: Any) -> None:
+        """A message the engine's thread has now handled (see ``charge``)."""
+        if self._frozen:
+            return self._hold("_deliver_late", (life, msg, handlers))
+        if life == self._life and self._state is not VANISHED:
             self._subs.deliver(msg, handlers)
 
     def __repr__(self) -> str:

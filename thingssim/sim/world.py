@@ -14,6 +14,11 @@ Cost model (deterministic by default, so one seed gives byte-identical results):
 - snapshot/restore run on the engine's thread (core 0), which also relays every message
   the board publishes: messages leave when it is free (so a migration's transfer starts
   after its snapshot is taken); program events run on any free core;
+- each message the board's engine sends or receives costs ``message_cost``
+  reference-seconds of that thread (a real worker parses, pipes and encodes it): it is
+  handled, then sent or delivered, once the thread is free.  0 by default (messages
+  cost no CPU: the golden trace and committed results); ``thingssim calibrate
+  --from-lab`` fits it;
 - a program holds ``program_base_mb`` plus three times its source or snapshot size; a
   board refuses programs beyond its ``memory_mb``.
 """
@@ -57,12 +62,15 @@ class CostModel:
     restore_base_cost: float = 0.0
     #: reference seconds for a board's first program process (see the module docstring)
     child_start_cost: float = 0.0
+    #: reference seconds of the engine's thread per message sent or received
+    message_cost: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("fixed", "measured"):
             raise ValueError(f"cost model mode must be 'fixed' or 'measured', not {self.mode!r}")
         for name in ("event_cost", "snapshot_cost_per_byte", "restore_cost_per_byte",
-                     "snapshot_base_cost", "restore_base_cost", "child_start_cost"):
+                     "snapshot_base_cost", "restore_base_cost", "child_start_cost",
+                     "message_cost"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"cost model {name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -300,6 +308,8 @@ class Board:
         self.clock = BoardClock(self)
         self.transport = self.world.network.client(self.name, self.link)
         self.transport.gate = self.cores  # messages leave when the engine's core is free
+        self._message_spent = self.world.cost.message_cost / self.profile.cpu_factor
+        self.transport.charge = self._handle_message if self._message_spent else None
         self.meter = BoardMeter(self)
         self.engine = CodeEngine(self.transport, self.clock, engine_id=self.name,
                                  device=self.profile.name, memory_limit=self.profile.memory_mb,
@@ -327,6 +337,16 @@ class Board:
         i = cores.index(min(cores)) if core is None else core
         busy = cores[i]
         cores[i] = (busy if busy > now else now) + seconds
+
+    def _handle_message(self) -> float:
+        """The engine's thread handles one message (sent or received) once it is free:
+        when it is done (the transport's ``charge``, set only if messages cost CPU)."""
+        now = self.env._time
+        cores = self.cores
+        busy = cores[0]
+        done = cores[0] = (busy if busy > now else now) + self._message_spent
+        self.cpu_seconds += self._message_spent
+        return done
 
     def utilisation(self) -> float:
         elapsed = self.env._time * len(self.cores)
