@@ -58,6 +58,24 @@ def test_the_fit_recovers_known_parameters():
                                               "will_offset": 0.0, "will_check_interval": 6.0})
 
 
+def test_the_fit_splits_a_relayed_message_into_event_and_engine_messages():
+    """relay = in + event + out, sink = in + event, in = out: both costs come back."""
+    event, message = 1.5e-4, 0.5e-4
+    m = _synthetic()
+    m.relay_rates = [{"profile": "beaglebone-black", "machine_factor": 0.8,
+                      "cpu_s_per_message": (event + 2 * message) / 0.8}]
+    m.sink_rates = [{"profile": "beaglebone-black", "machine_factor": 0.8,
+                     "cpu_s_per_message": (event + message) / 0.8}]
+    cost = fit_calibration(m)["cost"]
+    assert cost["event_cost"] == pytest.approx(event)
+    assert cost["message_cost"] == pytest.approx(message)
+    # without sink measurements (an older file): the whole relay is the event
+    assert fit_calibration(_synthetic())["cost"]["message_cost"] == 0.0
+    # a noisy sink dearer than the relay: no negative message cost
+    m.sink_rates[0]["cpu_s_per_message"] = 2 * m.relay_rates[0]["cpu_s_per_message"]
+    assert fit_calibration(m)["cost"]["message_cost"] == 0.0
+
+
 def test_without_periodic_checks_the_will_fit_is_a_line():
     from thingssim.labcalibrate import fit_wills
 

@@ -11,12 +11,16 @@ fits them:
   seconds) against the snapshot's bytes gives ``*_base_cost`` and ``*_cost_per_byte``;
 - **child start-up**: the first restore on a fresh Pi Zero (a cold program process)
   minus a warm one of the same size, in reference seconds (``child_start_cost``);
-- **program events**: a relay program on a BeagleBone Black forwarding 60 messages sent
-  0.1 s apart: the CPU seconds its cgroup's processes used per message (each thread's
-  schedstat, idle use subtracted) times this machine's factor, in reference seconds
-  (``event_cost``: what a message costs a board end to end, the engine's relaying
-  included, which the simulator charges to the event; the messages per second it kept
-  up with are recorded too). Why not the rate of a saturating burst: the program
+- **program events and the engine's messages**: a relay program on a BeagleBone Black
+  forwarding 60 messages sent 0.1 s apart, then a sink program taking 60 and answering
+  once: the CPU seconds its cgroup's processes used per message (idle use subtracted)
+  times this machine's factor, in reference seconds.  A relayed message is one in, one
+  event and one out; a sunk one is one in and one event.  The difference is the cost of
+  a message out (``message_cost``; a message in is taken to cost the same: the engine
+  parses and pipes it, as it encodes and sends one), and the sink's cost less that is
+  the event (``event_cost``).  A calibration without sink measurements (older files)
+  charges the whole relay to the event, as before.  The messages per second each kept
+  up with are recorded too.  Why not the rate of a saturating burst: the program
   process then takes its deliveries in batches, and a message costs less than one that
   arrives alone, as in a pipeline;
 - **broker service**: a burst of QoS 0 messages through Mosquitto from the host (no
@@ -46,14 +50,15 @@ import struct
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .sim.boards import get_profile
 
 __all__ = ["BUFFER_SOURCE", "LabSession", "buffer_program", "calibrate_from_lab",
-           "fit_calibration", "fit_wills", "lab_unavailable", "linear_fit", "relay_program"]
+           "fit_calibration", "fit_wills", "lab_unavailable", "linear_fit", "relay_program",
+           "sink_program"]
 
 TICK = 0.1
 #: JSON bytes a reading of the buffer program takes in a snapshot (E1's measurement)
@@ -77,6 +82,17 @@ def forward(topic, message):
 
 things.subscribe({inp!r}, forward)
 """
+SINK_SOURCE = """\
+count = 0
+
+def take(topic, message):
+    global count
+    count += 1
+    if count == {n}:
+        things.publish({out!r}, count)
+
+things.subscribe({inp!r}, take)
+"""
 WARM_SOURCE = "things.set_interval(lambda: None, 1.0)\n"
 #: profiles of the calibration lab's workers: w1, w2, w3
 CALIBRATION_PROFILES = ("beaglebone-black", "raspberry-pi-zero", "desktop-vm")
@@ -94,6 +110,11 @@ def buffer_program(state_kb: float) -> str:
 def relay_program(inp: str, out: str) -> str:
     """A pipeline stage: every message on ``inp`` published again on ``out``."""
     return RELAY_SOURCE.format(inp=inp, out=out)
+
+
+def sink_program(inp: str, out: str, n: int) -> str:
+    """A program taking ``n`` messages on ``inp`` and answering once, on ``out``."""
+    return SINK_SOURCE.format(inp=inp, out=out, n=n)
 
 
 def lab_unavailable() -> str | None:
@@ -275,30 +296,32 @@ class LabSession:
                                f"({self.lab.cpu_emulation.get('reason', '?')})")
         return used
 
-    def relay_cost(self, worker: str, messages: int = 60,
-                   period: float = 0.1) -> dict[str, float]:
-        """A relay program on ``worker`` forwarding ``messages`` sent ``period`` s apart:
-        its CPU seconds per message (this machine's, idle use subtracted) and the rate it
-        kept up with.  Paced, not a burst: at saturation the program process takes its
-        deliveries in batches and a message costs less than one arriving alone, as in a
-        pipeline's."""
+    def relay_cost(self, worker: str, messages: int = 60, period: float = 0.1,
+                   sink: bool = False) -> dict[str, float]:
+        """A relay program on ``worker`` forwarding ``messages`` sent ``period`` s apart
+        (or, with ``sink``, a program taking them and answering once): its CPU seconds
+        per message (this machine's, idle use subtracted) and the rate it kept up with.
+        Paced, not a burst: at saturation the program process takes its deliveries in
+        batches and a message costs less than one arriving alone, as in a pipeline's."""
         self.warm_up(worker)
         tag = secrets.token_hex(3)
         inp, out = f"e6/{tag}/flood", f"e6/{tag}/back"
-        iid = self.call(self._run(worker, "relay", relay_program(inp, out)))
+        code = sink_program(inp, out, messages) if sink else relay_program(inp, out)
+        iid = self.call(self._run(worker, "sink" if sink else "relay", code))
         self.settle(worker)  # the next warm process has started: its CPU is not ours
         idle_s = 3.0
         c0, t0 = self.cpu_seconds(worker), time.monotonic()
         time.sleep(idle_s)
         idle_rate = (self.cpu_seconds(worker) - c0) / (time.monotonic() - t0)
         c1 = self.cpu_seconds(worker)
-        seconds = self.call(self._flood(inp, out, messages, period))
+        seconds = self.call(self._flood(inp, out, messages, period, 1 if sink else messages))
         used = self.cpu_seconds(worker) - c1 - idle_rate * seconds
         self.call(self._kill(iid))
         return {"cpu_s_per_message": max(used, 0.0) / messages,
                 "per_s": messages / seconds, "idle_cpu": idle_rate}
 
-    async def _flood(self, inp: str, out: str, messages: int, period: float) -> float:
+    async def _flood(self, inp: str, out: str, messages: int, period: float,
+                     answers: int) -> float:
         loop = asyncio.get_running_loop()
         count = 0
         done = asyncio.Event()
@@ -306,7 +329,7 @@ class LabSession:
         def on_out(_message: Any) -> None:
             nonlocal count
             count += 1
-            if count >= messages:
+            if count >= answers:
                 done.set()
 
         self.host.subscribe(out, on_out, qos=0)
@@ -320,8 +343,8 @@ class LabSession:
         except asyncio.TimeoutError:
             pass
         self.host.unsubscribe(out)
-        if count < messages:
-            raise RuntimeError(f"the relay forwarded {count} of {messages} messages")
+        if count < answers:
+            raise RuntimeError(f"the program answered {count} of {answers} times")
         return loop.time() - start
 
     def close(self) -> None:
@@ -443,6 +466,8 @@ class LabMeasurements:
     relay_rates: list[dict[str, Any]]  # {"profile", "cpu_s_per_message", "machine_factor"}
     broker_service_s: list[float]
     wills: list[dict[str, Any]]  # {"keepalive", "delay"}
+    #: as relay_rates, for the sink program (absent from older calibration files)
+    sink_rates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
@@ -469,9 +494,17 @@ def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
     for r in m.cold_restores:
         warm = rest_a + rest_b * r["bytes"]
         cold.append(max(0.0, r["seconds"] * get_profile(r["profile"]).cpu_factor - warm))
-    events = [r["cpu_s_per_message"] * r["machine_factor"] for r in m.relay_rates]
+    relay = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
+                              for r in m.relay_rates)
+    if m.sink_rates:  # relay = in + event + out, sink = in + event, in = out
+        sink = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
+                                 for r in m.sink_rates)
+        message = max(relay - sink, 0.0)
+        event = max(sink - message, 0.0)
+    else:
+        message, event = 0.0, relay
     will = fit_wills(m.wills)
-    cost = {"event_cost": statistics.median(events),
+    cost = {"event_cost": event, "message_cost": message,
             "snapshot_base_cost": snap_a, "snapshot_cost_per_byte": snap_b,
             "restore_base_cost": rest_a, "restore_cost_per_byte": rest_b,
             "child_start_cost": statistics.median(cold) if cold else 0.0}
@@ -511,7 +544,7 @@ FIT_SIZES_KB = (16.0, 128.0, 512.0)
 def measure_lab(reps: int = 3, machine_factor: float | None = None,
                 log: Any = print) -> tuple[LabMeasurements, dict[str, Any]]:
     """Run the calibration's measurements in a fresh lab (see the module docstring)."""
-    snapshots, restores, cold, rates = [], [], [], []
+    snapshots, restores, cold, rates, sinks = [], [], [], [], []
     with LabSession(CALIBRATION_PROFILES, machine_factor=machine_factor) as s:
         src, dst = s.names[FIT_PAIR[0]], s.names[FIT_PAIR[1]]
         sp, dp = s.profile(src), s.profile(dst)
@@ -536,6 +569,10 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
             rates.append({"profile": sp, "machine_factor": factor, **s.relay_cost(src)})
             log(f"  relay on {sp}: {rates[-1]['cpu_s_per_message'] * 1e3:.3f} ms of CPU "
                 f"per message, {rates[-1]['per_s']:.1f} msg/s")
+            sinks.append({"profile": sp, "machine_factor": factor,
+                          **s.relay_cost(src, sink=True)})
+            log(f"  sink on {sp}: {sinks[-1]['cpu_s_per_message'] * 1e3:.3f} ms of CPU "
+                f"per message")
         address = (s.lab.broker_address, s.lab.broker_port)
         service = [s.call(_broker_service(s.host)) for _ in range(reps)]
         log(f"  broker: {min(service) * 1e6:.1f}-{max(service) * 1e6:.1f} us/message")
@@ -547,7 +584,7 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
         machine["groups"] = {w.profile: {k: w.cgroup.get(k) for k in ("cpus", "quota_us",
                                                                       "period_us")}
                              for w in s.lab.workers}
-    return LabMeasurements(snapshots, restores, cold, rates, service, wills), machine
+    return LabMeasurements(snapshots, restores, cold, rates, service, wills, sinks), machine
 
 
 def refit(path: str | Path) -> Path:
