@@ -89,6 +89,22 @@ class _Outgoing:
 
 
 class CodeEngine:
+    """The worker on each board (see the module docstring).  Slotted: a simulated world
+    reads thousands of engines once a second each, and a slot is one read, not two."""
+
+    __slots__ = ("running", "fenced", "transport", "clock", "meter", "programs",
+                 "_prepared", "_outbox", "_program_reports", "_engine_report",
+                 "_resource_topic", "_engine_usage", "_resource_timer", "resource_period",
+                 "program_qos", "epochs", "_busy", "id", "device", "capabilities",
+                 "memory_limit", "new_id", "request_timeout", "keepalive",
+                 "program_factory", "snapshot_key", "migrate_peers", "journal", "fence_s",
+                 "cores", "timing", "migrations", "_replies", "_in_progress", "_outgoing",
+                 "_early", "_late_in", "_incoming", "_incoming_from", "_source_watch",
+                 "_leases", "_outcomes", "_paused_by_fence", "_owner_check",
+                 "_reboot_check", "outbox_dropped", "_fence_timer", "_booted", "_stopping",
+                 "_filters", "_requester", "_engine_cmds", "_migrate_cmds",
+                 "_program_cmds", "__dict__")
+
     def __init__(
         self,
         transport: Transport,

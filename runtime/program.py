@@ -111,6 +111,16 @@ def _names_cpu_time(code: CodeType) -> bool:
 class ProgramHost:
     """Runs one program instance; see the module docstring."""
 
+    # slotted: a world of thousands of boards reads each of these once a second, most
+    # of them out of the CPU cache; a slot is one read where an instance dict is two
+    __slots__ = ("status", "_in_callback", "_holds", "_queue", "_timers", "_wake",
+                 "_wake_due", "_horizon", "_clock", "_clock_base", "_prog_base", "_time",
+                 "_seq", "_event_hook", "_publish_hook", "fs", "api", "cpu_time",
+                 "events_run", "_keeps_cpu", "_subs", "_queued_messages", "instance_id",
+                 "code_name", "_console_hook", "_status_hook", "_subscriptions_hook",
+                 "source", "filename", "modules", "_builtins", "globals", "exit_code",
+                 "error", "_last_seen", "_next_timer_id", "_code", "_sites", "__dict__")
+
     def __init__(
         self,
         source: str,

@@ -270,6 +270,12 @@ class _Op:
 class FsClient:
     """The object programs see as ``things.fs``; one per program instance."""
 
+    # slotted: a world of thousands of boards reads each of these once a second, most
+    # of them out of the CPU cache; a slot is one read where an instance dict is two
+    __slots__ = ("_host", "_ops", "active", "reply_topic", "service_id", "_seq",
+                 "_reading", "_uploads", "_timer", "_wait", "_sent_at", "_holding",
+                 "_reloading")
+
     def __init__(self, host: ProgramHost, service_id: str = DEFAULT_ID) -> None:
         self._host = host
         self.service_id = service_id
