@@ -88,6 +88,26 @@ class _Outgoing:
     late: list = field(default_factory=list)
 
 
+class _ProgramPort:
+    """A program's way out through its engine: its ``publish`` and ``console`` hooks,
+    given the host once it exists.  One small object, not closures over a list: a
+    simulated world calls it for every message of thousands of programs."""
+
+    __slots__ = ("engine", "host")
+
+    def __init__(self, engine: CodeEngine) -> None:
+        self.engine = engine
+        self.host: Any = None
+
+    def publish(self, topic: str, data: bytes, qos: int | None = None) -> None:
+        engine = self.engine
+        engine._emit(self.host.instance_id, topic, data,
+                     engine.program_qos if qos is None else qos)
+
+    def console(self, text: str) -> None:
+        self.engine._program_console(self.host, text)
+
+
 class CodeEngine:
     """The worker on each board (see the module docstring).  Slotted: a simulated world
     reads thousands of engines once a second each, and a slot is one read, not two."""
@@ -632,20 +652,19 @@ class CodeEngine:
 
     def _new_host(self, **kwargs: Any) -> ProgramHost:
         """A program (restored ones paused), in-process or through ``program_factory``."""
-        made: list[Any] = []
-        hooks = dict(clock=self.clock,
-                     publish=lambda t, d, q=None: self._program_publish(made[0], t, d, q),
-                     console=lambda text: self._program_console(made[0], text),
+        port = _ProgramPort(self)
+        hooks = dict(clock=self.clock, publish=port.publish, console=port.console,
                      on_status=self._on_program_status,
                      on_subscriptions=lambda h: self._sync_filters(),
                      on_event=self.meter.program_event)
         if self.program_factory is not None:
-            made.append(self.program_factory(**kwargs, **hooks))
+            host = self.program_factory(**kwargs, **hooks)
         elif kwargs.get("snapshot") is not None:
-            made.append(ProgramHost.restore(kwargs["snapshot"], paused=True, **hooks))
+            host = ProgramHost.restore(kwargs["snapshot"], paused=True, **hooks)
         else:
-            made.append(ProgramHost(kwargs.pop("source"), **kwargs, **hooks))
-        return made[0]
+            host = ProgramHost(kwargs.pop("source"), **kwargs, **hooks)
+        port.host = host
+        return host
 
     def _admit(self, host: ProgramHost) -> None:
         try:
@@ -677,10 +696,6 @@ class CodeEngine:
             qos=1, retain=True)
         self.transport.subscribe(p.program_topic(host.code_name, iid, "cmd"),
                                  lambda msg, h=host: self._on_program_cmd(msg, h), qos=1)
-
-    def _program_publish(self, host: ProgramHost, topic: str, data: bytes,
-                         qos: int | None = None) -> None:
-        self._emit(host.instance_id, topic, data, self.program_qos if qos is None else qos)
 
     def _program_console(self, host: ProgramHost, text: str) -> None:
         line = text[:-1] if text.endswith("\n") else text

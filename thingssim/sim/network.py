@@ -32,6 +32,7 @@ is one scheduled callback (:meth:`thingssim.sim.clock.SimEnvironment.call_at`), 
 
 from __future__ import annotations
 
+import sys
 from itertools import count
 from typing import Any, Callable
 
@@ -293,7 +294,10 @@ class Network:
     def _topic_info(self, topic: str) -> TopicInfo:
         """Validate a topic to publish to; what the network keeps about it (cached)."""
         validate_topic(topic)
-        info = TopicInfo(len(topic.encode()) + PUBLISH_OVERHEAD, topic.split("/", 1)[0])
+        # the root interned: the broker finds its held arrivals by identity, not by
+        # comparing strings (one of thousands, out of the CPU cache)
+        info = TopicInfo(len(topic.encode()) + PUBLISH_OVERHEAD,
+                         sys.intern(topic.split("/", 1)[0]))
         if len(self._topics) < _TOPIC_CACHE_LIMIT:
             self._topics[topic] = info
         return info

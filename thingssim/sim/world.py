@@ -173,9 +173,9 @@ class BoardMeter:
 
     # slotted: a world of thousands of boards reads each of these once a second, most
     # of them out of the CPU cache; a slot is one read where an instance dict is two
-    __slots__ = ("board", "_fixed", "_event_spent", "_programs", "_used_mb",
-                 "_engine_used", "_engine_cpu", "_engine_usage", "model", "_program_mb",
-                 "engine_busy", "_warm")
+    __slots__ = ("board", "_fixed", "_event_spent", "_last_host", "_last_record",
+                 "_programs", "_used_mb", "_engine_used", "_engine_cpu", "_engine_usage",
+                 "model", "_program_mb", "engine_busy", "_warm")
 
     def __init__(self, board: Board) -> None:
         self.board = board
@@ -187,6 +187,8 @@ class BoardMeter:
         self._program_mb: dict[int, float] = {}  # id(host) -> MB, in admission order
         self._used_mb = model.engine_base_mb
         self._programs: dict[Any, _ProgramMeter] = {}  # host -> its record
+        self._last_host: Any = None  # see _record_of
+        self._last_record: Any = None
         self.engine_busy = 0.0
         self._engine_used: float | None = None
         self._engine_cpu: float | None = None
@@ -200,13 +202,22 @@ class BoardMeter:
             record = self._programs[host] = _ProgramMeter()
         return record
 
+    def _record_of(self, host: Any) -> _ProgramMeter:
+        """``host``'s record; the last one asked for is kept at hand (a board mostly
+        runs one program: no dict probe, a likely cache miss, per event)."""
+        if host is self._last_host:
+            return self._last_record
+        record = self._programs.get(host)
+        if record is None:
+            record = self._record(host)
+        self._last_host, self._last_record = host, record
+        return record
+
     def program_event(self, host: Any, seconds: float) -> float:
         board = self.board
         spent = self._event_spent if self._fixed else seconds / board.profile.cpu_factor
         board.occupy(spent)
-        record = self._programs.get(host)
-        if record is None:
-            record = self._record(host)
+        record = self._last_record if host is self._last_host else self._record_of(host)
         record.busy += spent
         board.cpu_seconds += spent
         board.events += 1
@@ -245,6 +256,8 @@ class BoardMeter:
     def release(self, host: Any) -> None:
         self._program_mb.pop(id(host), None)
         self._programs.pop(host, None)
+        if host is self._last_host:
+            self._last_host = self._last_record = None
         self._total()
 
     def _total(self) -> None:
@@ -268,9 +281,7 @@ class BoardMeter:
 
     def program_usage(self, host: Any) -> dict:
         """A program's report body; the same dict object while nothing changed."""
-        record = self._programs.get(host)
-        if record is None:
-            record = self._record(host)
+        record = self._last_record if host is self._last_host else self._record_of(host)
         busy = record.busy
         record.busy = 0.0
         period = self.board.engine.resource_period or 1.0
@@ -519,8 +530,10 @@ class World:
         CPython's cyclic GC rescans every live object as allocations pile up, which
         makes large worlds (thousands of programs) slower per event; during the run its
         first threshold is raised and what exists when the run starts (the world) is
-        frozen out of its scans (both undone afterwards).  The simulator's hot paths
-        make no reference cycles, so little is left for it to find.
+        frozen out of its scans, and again after each progress step (what a step made
+        and kept: programs started, timers queued); both are undone afterwards.  The
+        simulator's hot paths make no reference cycles, so little is left for it to
+        find; cyclic garbage that outlived a step is collected after the run.
         """
         tune = hasattr(gc, "get_threshold") and hasattr(gc, "freeze")  # not on PyPy
         if tune:
@@ -534,6 +547,8 @@ class World:
             start = self.env.now
             for k in range(1, steps + 1):
                 self.env.run(until=start + (until - start) * k / steps)
+                if tune:  # what survived this step (new programs, queued timers) too
+                    gc.freeze()
                 on_progress(self.env.now)
         finally:
             if tune:
