@@ -476,6 +476,8 @@ class World:
         board = Board(self, name, base.with_overrides(**overrides) if overrides else base,
                       resource_period, program_qos, capabilities)
         self.boards[name] = board
+        if hasattr(gc, "freeze"):  # lives as long as the world: see run() (not on PyPy)
+            gc.freeze()
         return board
 
     def add_dispatcher(self, name: str = "dispatcher", profile: str = "desktop-vm",
