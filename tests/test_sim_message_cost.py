@@ -125,6 +125,21 @@ def test_a_crash_drops_the_messages_still_waiting_for_the_engine_thread():
     assert 0 < len(lines) < 10  # those still queued for the thread died with the board
 
 
+def test_a_message_costs_per_payload_byte_too():
+    world = World(5, cost=CostModel(message_cost_per_byte=1e-6))
+    board = world.add_board("zero", "raspberry-pi-zero", resource_period=None)
+    world.run(1.0)
+    pub = feeder(world)
+    board.transport.subscribe("big", lambda message: None)
+    world.run(world.env.now + 1.0)
+    before = board.cpu_seconds
+    pub.publish("big", b"x" * 10_000)
+    world.run(world.env.now + 5.0)
+    assert board.cpu_seconds - before == pytest.approx(
+        10_000 * 1e-6 / board.profile.cpu_factor)
+
+
 def test_message_cost_is_validated():
-    with pytest.raises(ValueError, match="message_cost"):
-        CostModel(message_cost=-1.0)
+    for name in ("message_cost", "message_cost_per_byte"):
+        with pytest.raises(ValueError, match=name):
+            CostModel(**{name: -1.0})

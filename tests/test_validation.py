@@ -66,9 +66,14 @@ def test_the_fit_splits_a_relayed_message_into_event_and_engine_messages():
                       "cpu_s_per_message": (event + 2 * message) / 0.8}]
     m.sink_rates = [{"profile": "beaglebone-black", "machine_factor": 0.8,
                      "cpu_s_per_message": (event + message) / 0.8}]
+    per_byte = 20e-9
+    m.sink_rates[0]["bytes"] = 20
+    m.sink_big_rates = [{"profile": "beaglebone-black", "machine_factor": 0.8, "bytes": 16404,
+                         "cpu_s_per_message": (event + message + 16384 * per_byte) / 0.8}]
     cost = fit_calibration(m)["cost"]
     assert cost["event_cost"] == pytest.approx(event)
     assert cost["message_cost"] == pytest.approx(message)
+    assert cost["message_cost_per_byte"] == pytest.approx(per_byte)
     # without sink measurements (an older file): the whole relay is the event
     assert fit_calibration(_synthetic())["cost"]["message_cost"] == 0.0
     # a noisy sink dearer than the relay: no negative message cost

@@ -18,8 +18,10 @@ fits them:
   event and one out; a sunk one is one in and one event.  The difference is the cost of
   a message out (``message_cost``; a message in is taken to cost the same: the engine
   parses and pipes it, as it encodes and sends one), and the sink's cost less that is
-  the event (``event_cost``).  A calibration without sink measurements (older files)
-  charges the whole relay to the event, as before.  The messages per second each kept
+  the event (``event_cost``).  The sink again with 16 KB messages: what the extra bytes
+  cost, per byte (``message_cost_per_byte``; a worker parses and pipes every byte, and a
+  migration's snapshot is one large message).  A calibration without sink measurements
+  (older files) charges the whole relay to the event, as before.  The messages per second each kept
   up with are recorded too.  Why not the rate of a saturating burst: the program
   process then takes its deliveries in batches, and a message costs less than one that
   arrives alone, as in a pipeline;
@@ -297,10 +299,11 @@ class LabSession:
         return used
 
     def relay_cost(self, worker: str, messages: int = 60, period: float = 0.1,
-                   sink: bool = False) -> dict[str, float]:
+                   sink: bool = False, pad: int = 0) -> dict[str, float]:
         """A relay program on ``worker`` forwarding ``messages`` sent ``period`` s apart
-        (or, with ``sink``, a program taking them and answering once): its CPU seconds
-        per message (this machine's, idle use subtracted) and the rate it kept up with.
+        (or, with ``sink``, a program taking them and answering once; ``pad`` bytes more
+        in each): its CPU seconds per message (this machine's, idle use subtracted), the
+        payload's bytes and the rate it kept up with.
         Paced, not a burst: at saturation the program process takes its deliveries in
         batches and a message costs less than one arriving alone, as in a pipeline's."""
         self.warm_up(worker)
@@ -314,14 +317,15 @@ class LabSession:
         time.sleep(idle_s)
         idle_rate = (self.cpu_seconds(worker) - c0) / (time.monotonic() - t0)
         c1 = self.cpu_seconds(worker)
-        seconds = self.call(self._flood(inp, out, messages, period, 1 if sink else messages))
+        seconds, nbytes = self.call(self._flood(inp, out, messages, period,
+                                                1 if sink else messages, pad))
         used = self.cpu_seconds(worker) - c1 - idle_rate * seconds
         self.call(self._kill(iid))
-        return {"cpu_s_per_message": max(used, 0.0) / messages,
+        return {"cpu_s_per_message": max(used, 0.0) / messages, "bytes": nbytes,
                 "per_s": messages / seconds, "idle_cpu": idle_rate}
 
     async def _flood(self, inp: str, out: str, messages: int, period: float,
-                     answers: int) -> float:
+                     answers: int, pad: int = 0) -> tuple[float, int]:
         loop = asyncio.get_running_loop()
         count = 0
         done = asyncio.Event()
@@ -336,7 +340,8 @@ class LabSession:
         await asyncio.sleep(1.0)
         start = loop.time()
         for seq in range(messages):
-            self.host.publish(inp, json.dumps({"seq": seq}).encode(), qos=0)
+            payload = json.dumps({"seq": seq, "pad": "x" * pad}).encode()
+            self.host.publish(inp, payload, qos=0)
             await asyncio.sleep(period)
         try:
             await asyncio.wait_for(done.wait(), 300)
@@ -345,7 +350,7 @@ class LabSession:
         self.host.unsubscribe(out)
         if count < answers:
             raise RuntimeError(f"the program answered {count} of {answers} times")
-        return loop.time() - start
+        return loop.time() - start, len(payload)
 
     def close(self) -> None:
         from .lab import lab_down
@@ -466,8 +471,10 @@ class LabMeasurements:
     relay_rates: list[dict[str, Any]]  # {"profile", "cpu_s_per_message", "machine_factor"}
     broker_service_s: list[float]
     wills: list[dict[str, Any]]  # {"keepalive", "delay"}
-    #: as relay_rates, for the sink program (absent from older calibration files)
+    #: as relay_rates, for the sink program (absent from older calibration files), with
+    #: small and with large messages ({..., "bytes"}: each message's payload)
     sink_rates: list[dict[str, Any]] = field(default_factory=list)
+    sink_big_rates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
@@ -503,8 +510,15 @@ def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
         event = max(sink - message, 0.0)
     else:
         message, event = 0.0, relay
+    per_byte = 0.0
+    if m.sink_rates and m.sink_big_rates:  # the extra bytes of a large message, per byte
+        big = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
+                                for r in m.sink_big_rates)
+        extra = (statistics.median(r["bytes"] for r in m.sink_big_rates)
+                 - statistics.median(r.get("bytes", 0) for r in m.sink_rates))
+        per_byte = max(big - sink, 0.0) / extra if extra > 0 else 0.0
     will = fit_wills(m.wills)
-    cost = {"event_cost": event, "message_cost": message,
+    cost = {"event_cost": event, "message_cost": message, "message_cost_per_byte": per_byte,
             "snapshot_base_cost": snap_a, "snapshot_cost_per_byte": snap_b,
             "restore_base_cost": rest_a, "restore_cost_per_byte": rest_b,
             "child_start_cost": statistics.median(cold) if cold else 0.0}
@@ -534,6 +548,8 @@ def fit_wills(wills: list[dict[str, Any]], resolution: float = 0.25) -> dict[str
     return {"will_factor": factor, "will_offset": offset, "will_check_interval": 0.0}
 
 
+#: the padding of the sink's large messages (bytes)
+BIG_MESSAGE = 16 * 1024
 #: the keepalives of the silent clients (s): deadlines 1.5-10.5 s span two checks or more
 WILL_KEEPALIVES = (1, 2, 4, 7)
 #: the fitting scenarios: (source, target) as indexes into CALIBRATION_PROFILES, sizes
@@ -544,7 +560,7 @@ FIT_SIZES_KB = (16.0, 128.0, 512.0)
 def measure_lab(reps: int = 3, machine_factor: float | None = None,
                 log: Any = print) -> tuple[LabMeasurements, dict[str, Any]]:
     """Run the calibration's measurements in a fresh lab (see the module docstring)."""
-    snapshots, restores, cold, rates, sinks = [], [], [], [], []
+    snapshots, restores, cold, rates, sinks, bigs = [], [], [], [], [], []
     with LabSession(CALIBRATION_PROFILES, machine_factor=machine_factor) as s:
         src, dst = s.names[FIT_PAIR[0]], s.names[FIT_PAIR[1]]
         sp, dp = s.profile(src), s.profile(dst)
@@ -571,8 +587,12 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
                 f"per message, {rates[-1]['per_s']:.1f} msg/s")
             sinks.append({"profile": sp, "machine_factor": factor,
                           **s.relay_cost(src, sink=True)})
+            bigs.append({"profile": sp, "machine_factor": factor,
+                         **s.relay_cost(src, messages=20, period=0.3, sink=True,
+                                        pad=BIG_MESSAGE)})
             log(f"  sink on {sp}: {sinks[-1]['cpu_s_per_message'] * 1e3:.3f} ms of CPU "
-                f"per message")
+                f"per message, {bigs[-1]['cpu_s_per_message'] * 1e3:.3f} ms per "
+                f"{bigs[-1]['bytes'] / 1024:.0f} KB message")
         address = (s.lab.broker_address, s.lab.broker_port)
         service = [s.call(_broker_service(s.host)) for _ in range(reps)]
         log(f"  broker: {min(service) * 1e6:.1f}-{max(service) * 1e6:.1f} us/message")
@@ -584,7 +604,8 @@ def measure_lab(reps: int = 3, machine_factor: float | None = None,
         machine["groups"] = {w.profile: {k: w.cgroup.get(k) for k in ("cpus", "quota_us",
                                                                       "period_us")}
                              for w in s.lab.workers}
-    return LabMeasurements(snapshots, restores, cold, rates, service, wills, sinks), machine
+    return (LabMeasurements(snapshots, restores, cold, rates, service, wills, sinks, bigs),
+            machine)
 
 
 def refit(path: str | Path) -> Path:

@@ -100,9 +100,10 @@ class SimTransport:
         #: when each core of the board is next free (``Board.cores``): messages leave
         #: once core 0, the engine's thread that relays them, is free; None: at once
         self.gate: Sequence[float] | None = None
-        #: called for each message sent or received: when the engine's thread has
-        #: handled it (it takes the thread); None: messages cost no CPU
-        self.charge: Callable[[], float] | None = None
+        #: called with each message's payload size, sent or received: when the
+        #: engine's thread has handled it (it takes the thread); None: messages cost
+        #: no CPU
+        self.charge: Callable[[int], float] | None = None
         self._subs = SubscriptionTable(
             lambda handler, message, exc: network._handler_failed(client_id, message, exc),
             owner=client_id)
@@ -168,7 +169,7 @@ class SimTransport:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         net = self.network
         if self.charge is not None:  # the engine's thread handles it first
-            at = self.charge()
+            at = self.charge(len(payload))
             if at > net.env._time:
                 net._call_at(at, self._publish_late, self._life, topic, payload, qos, retain)
                 return
@@ -606,7 +607,7 @@ class SimTransport:
             rows.append((now, event, self.client_id, pub.topic, pub.wire, qos, pub.id,
                          now - pub.t0, detail))
         if self.charge is not None:  # the engine's thread parses it first
-            at = self.charge()
+            at = self.charge(len(pub.payload))
             if handlers and at > now:
                 net._call_at(at, self._deliver_late, self._life, msg, handlers)
                 return

@@ -14,8 +14,9 @@ Cost model (deterministic by default, so one seed gives byte-identical results):
 - snapshot/restore run on the engine's thread (core 0), which also relays every message
   the board publishes: messages leave when it is free (so a migration's transfer starts
   after its snapshot is taken); program events run on any free core;
-- each message the board's engine sends or receives costs ``message_cost``
-  reference-seconds of that thread (a real worker parses, pipes and encodes it): it is
+- each message the board's engine sends or receives costs ``message_cost`` plus
+  ``message_cost_per_byte`` per payload byte, reference-seconds of that thread (a real
+  worker parses, pipes and encodes it): it is
   handled, then sent or delivered, once the thread is free.  0 by default (messages
   cost no CPU: the golden trace and committed results); ``thingssim calibrate
   --from-lab`` fits it;
@@ -62,15 +63,17 @@ class CostModel:
     restore_base_cost: float = 0.0
     #: reference seconds for a board's first program process (see the module docstring)
     child_start_cost: float = 0.0
-    #: reference seconds of the engine's thread per message sent or received
+    #: reference seconds of the engine's thread per message sent or received, and per
+    #: byte of its payload
     message_cost: float = 0.0
+    message_cost_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("fixed", "measured"):
             raise ValueError(f"cost model mode must be 'fixed' or 'measured', not {self.mode!r}")
         for name in ("event_cost", "snapshot_cost_per_byte", "restore_cost_per_byte",
                      "snapshot_base_cost", "restore_base_cost", "child_start_cost",
-                     "message_cost"):
+                     "message_cost", "message_cost_per_byte"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"cost model {name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -300,8 +303,8 @@ class Board:
     # slotted: a world of thousands of boards reads each of these once a second, most
     # of them out of the CPU cache; a slot is one read where an instance dict is two
     __slots__ = ("epoch", "frozen", "env", "cores", "_held", "cpu_seconds", "events",
-                 "engine", "meter", "clock", "transport", "_message_spent", "up", "world",
-                 "program_qos", "capabilities", "name", "profile", "link",
+                 "engine", "meter", "clock", "transport", "_message_spent", "_byte_spent",
+                 "up", "world", "program_qos", "capabilities", "name", "profile", "link",
                  "resource_period", "journal")
 
     def __init__(self, world: World, name: str, profile: BoardProfile,
@@ -336,8 +339,11 @@ class Board:
         self.clock = BoardClock(self)
         self.transport = self.world.network.client(self.name, self.link)
         self.transport.gate = self.cores  # messages leave when the engine's core is free
-        self._message_spent = self.world.cost.message_cost / self.profile.cpu_factor
-        self.transport.charge = self._handle_message if self._message_spent else None
+        cost, factor = self.world.cost, self.profile.cpu_factor
+        self._message_spent = cost.message_cost / factor
+        self._byte_spent = cost.message_cost_per_byte / factor
+        self.transport.charge = (self._handle_message if self._message_spent
+                                 or self._byte_spent else None)
         self.meter = BoardMeter(self)
         self.engine = CodeEngine(self.transport, self.clock, engine_id=self.name,
                                  device=self.profile.name, memory_limit=self.profile.memory_mb,
@@ -366,14 +372,15 @@ class Board:
         busy = cores[i]
         cores[i] = (busy if busy > now else now) + seconds
 
-    def _handle_message(self) -> float:
+    def _handle_message(self, nbytes: int) -> float:
         """The engine's thread handles one message (sent or received) once it is free:
         when it is done (the transport's ``charge``, set only if messages cost CPU)."""
         now = self.env._time
         cores = self.cores
         busy = cores[0]
-        done = cores[0] = (busy if busy > now else now) + self._message_spent
-        self.cpu_seconds += self._message_spent
+        spent = self._message_spent + nbytes * self._byte_spent
+        done = cores[0] = (busy if busy > now else now) + spent
+        self.cpu_seconds += spent
         return done
 
     def utilisation(self) -> float:
