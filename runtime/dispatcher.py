@@ -23,7 +23,7 @@ from .transport import Message, Transport
 log = logging.getLogger(__name__)
 
 EVENTS = ("engine-join", "engine-registry-update", "engine-dead", "program-join",
-          "program-monitor-update")
+          "program-monitor-update", "program-console", "resource-report")
 #: program statuses that never change again (a killed program is Exited)
 _ENDED = ("Exited", "Crashed")
 
@@ -129,7 +129,11 @@ class Dispatcher:
 
     def on(self, event: str, callback: Callable[..., None]) -> None:
         """Listen to ``engine-join``, ``engine-registry-update``, ``engine-dead``,
-        ``program-join`` or ``program-monitor-update``; callbacks get the handle."""
+        ``program-join`` or ``program-monitor-update``; callbacks get the handle.
+        ``program-console`` and ``resource-report`` (with ``watch_console`` and
+        ``watch_resources``) get the handle and the :class:`Message` it was read from
+        (an in-process observer, e.g. ``thingssim sim --dashboard``, sees what the
+        dispatcher receives without a subscription of its own)."""
         if event not in self._listeners:
             raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
         self._listeners[event].append(callback)
@@ -435,6 +439,8 @@ class Dispatcher:
         except p.ProtocolError:
             return
         program.console.extend(str(x) for x in (lines if isinstance(lines, list) else [lines]))
+        if self._listeners["program-console"]:
+            self._emit("program-console", program, message)
 
     def _on_resource(self, message: Message) -> None:
         """``<engine>/resource`` or ``<code>/<instance>/resource``: keep the latest."""
@@ -445,7 +451,9 @@ class Dispatcher:
             try:
                 handle.resource = p.decode(message.payload)
             except p.ProtocolError:
-                pass
+                return
+            if self._listeners["resource-report"]:
+                self._emit("resource-report", handle, message)
 
 
 

@@ -295,8 +295,18 @@ def _make_out_dir(out: Path) -> None:
               help="Write the CSVs (messages, migrations, programs, boards, actions, "
                    "faults) here; a sweep's into DIR/<file stem>/seed-<N>/.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--dashboard", is_flag=True, default=False,
+              help="Follow the run in the dashboard's Fleet view on http://127.0.0.1:PORT/ "
+                   "(read-only; one run only); it serves --out DIR's results afterwards, "
+                   "until Ctrl-C.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8080,
+              show_default=True, help="The dashboard's port (127.0.0.1 only).")
+@click.option("--realtime", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="FACTOR", help="With --dashboard: run at most FACTOR simulated "
+              "seconds per wall-clock second [default: as fast as it can].")
 def sim(scenario_files: tuple[Path, ...], seed: int | None, seeds: list[int] | None,
-        jobs: int | None, out: Path | None, progress: bool) -> None:
+        jobs: int | None, out: Path | None, progress: bool, dashboard: bool,
+        dashboard_port: int, realtime: float | None) -> None:
     """Run simulated scenarios (boards, programs, actions, faults) and summarise them.
 
     One SCENARIO.toml without --seeds is one run: it prints a per-board table and the
@@ -316,11 +326,23 @@ def sim(scenario_files: tuple[Path, ...], seed: int | None, seeds: list[int] | N
     file is checked before any run starts. A run that fails is reported with its
     scenario and seed, its folder is left without CSVs, the other runs finish, and the
     exit code is 1.
+
+    --dashboard serves the dashboard while one run goes (engines, programs, consoles,
+    the scenario's actions and faults, in simulated time); the results are the same
+    bytes with or without it.
     """
     if seed is not None and seeds is not None:
         raise click.UsageError("use either --seed or --seeds, not both")
+    if realtime is not None and not dashboard:
+        raise click.UsageError("--realtime paces a run followed with --dashboard: give "
+                               "--dashboard too")
+    if dashboard and (len(scenario_files) != 1 or seeds is not None):
+        raise click.UsageError("--dashboard follows one run: give one SCENARIO.toml "
+                               "without --seeds (a sweep's runs go in parallel; open "
+                               "them afterwards with thingssim dashboard --results DIR)")
     if len(scenario_files) == 1 and seeds is None:
-        _sim_one(scenario_files[0], seed, out, progress)
+        _sim_one(scenario_files[0], seed, out, progress,
+                 dashboard_port if dashboard else None, realtime)
         return
     if out is None:
         raise click.UsageError("a sweep (several scenarios, or --seeds) needs --out DIR: "
@@ -330,8 +352,9 @@ def sim(scenario_files: tuple[Path, ...], seed: int | None, seeds: list[int] | N
 
 
 def _sim_one(scenario_file: Path, seed: int | None, out: Path | None,
-             progress: bool) -> None:
-    """One run, printed in full."""
+             progress: bool, dashboard_port: int | None = None,
+             realtime: float | None = None) -> None:
+    """One run, printed in full (followed in the dashboard on ``dashboard_port``)."""
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -347,10 +370,27 @@ def _sim_one(scenario_file: Path, seed: int | None, out: Path | None,
                desc=scenario.name, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim-s "
                "[{elapsed}<{remaining}]")
 
+    feed = server = None
+    if dashboard_port is not None:
+        feed, server = _start_sim_dashboard(scenario, seed, out, dashboard_port, realtime)
+
     def advance(now: float) -> None:
         bar.update(now - bar.n)
+        if feed is not None:
+            feed.step(now)
 
-    results = scenario.run(seed=seed, on_progress=advance)
+    if feed is None:
+        results = scenario.run(seed=seed, on_progress=advance)
+    else:
+        from .dashboard.simlive import steps_for
+
+        try:
+            results = scenario.run(seed=seed, on_progress=advance, on_world=feed.attach,
+                                   steps=steps_for(scenario.duration))
+        except BaseException:
+            bar.close()
+            server.stop()
+            raise
     bar.close()
     click.echo(f"\n{scenario.name}: seed {scenario.seed if seed is None else seed}, "
                f"{scenario.duration:g} simulated seconds")
@@ -371,6 +411,38 @@ def _sim_one(scenario_file: Path, seed: int | None, out: Path | None,
             raise click.ClickException(f"--out {out}: {exc.strerror or exc}") from None
         click.echo(f"\nwritten: {', '.join(str(p) for p in paths)}")
     click.echo(f"run time: {time.perf_counter() - started:.1f} s")
+    if server is not None:
+        feed.finish(results=out is not None)
+        click.echo(f"the dashboard on {server.url} shows the finished run"
+                   f"{f' and the results of {out}' if out is not None else ''}; "
+                   f"Ctrl-C stops it", err=True)
+        try:
+            while server.thread.is_alive():
+                server.thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+def _start_sim_dashboard(scenario: Any, seed: int | None, out: Path | None, port: int,
+                         realtime: float | None) -> tuple[Any, Any]:
+    """The dashboard for one run, serving on 127.0.0.1:``port`` before it starts."""
+    try:
+        from .dashboard import simlive
+
+        feed, server = simlive.start(scenario.name, scenario.duration,
+                                     seed=scenario.seed if seed is None else seed, out=out,
+                                     port=port, realtime=realtime)
+    except ImportError as exc:
+        raise click.ClickException(f"the dashboard needs {exc.name}: pip install "
+                                   f"'thingssim[dashboard]'") from None
+    except OSError as exc:
+        raise click.ClickException(f"--dashboard-port {port}: {exc.strerror or exc}") \
+            from None
+    click.echo(f"thingssim dashboard on {server.url} (simulation {scenario.name}, "
+               f"read-only)", err=True)
+    return feed, server
 
 
 def _sweep_run(scenario: Any, seed: int, folder: Path) -> tuple[float, str | None, str]:

@@ -199,7 +199,11 @@ def create_app(live_factory: Optional[Callable[[], Awaitable[Live]]] = None, *,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if live_factory is not None:
             instance = await live_factory()
-            instance.fleet.on_change = hub.notify
+            bind = getattr(instance, "bind", None)
+            if bind is not None:  # fed from another thread (thingssim sim --dashboard)
+                bind(hub.notify, asyncio.get_running_loop())
+            else:
+                instance.fleet.on_change = hub.notify
             holder["live"] = instance
         try:
             yield
@@ -260,20 +264,33 @@ def create_app(live_factory: Optional[Callable[[], Awaitable[Live]]] = None, *,
     async def session(request: Request) -> Any:
         identity = _identity(request)
         instance = holder["live"]
+        sim = getattr(instance, "session", None)
         return {"csrf": identity.csrf if identity and identity.csrf else "basic",
                 "login": auth.required, "how": identity.how if identity else None,
                 "title": title, "live": instance is not None,
                 "results": results_dir is not None,
                 "broker": None if instance is None else instance.fleet.broker.get("url"),
                 "scheduler": None if instance is None else instance.scheduler_id,
-                "gfs": None if instance is None else instance.gfs_id}
+                "gfs": None if instance is None else instance.gfs_id,
+                "read_only": bool(getattr(instance, "read_only", False)),
+                "sim": sim() if sim is not None else None}
 
     # ---------------------------------------------------------------- fleet state
+    def delta_text(instance: Any, since: int) -> tuple[int, str]:
+        """The delta after ``since`` as JSON: under the fleet's lock if it is fed from
+        another thread (it is serialized there too, so nothing changes under it)."""
+        lock = getattr(instance, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            delta = instance.fleet.delta(since)
+            return delta["seq"], json.dumps(delta, separators=(',', ':'))
+
     async def state(request: Request) -> Any:
-        return live().fleet.delta(_since(request))
+        return Response(delta_text(live(), _since(request))[1],
+                        media_type="application/json")
 
     async def events(request: Request) -> Response:
-        fleet = live().fleet
+        instance = live()
+        fleet = instance.fleet
         since = _since(request)
 
         async def stream() -> AsyncIterator[str]:
@@ -286,9 +303,8 @@ def create_app(live_factory: Optional[Callable[[], Awaitable[Live]]] = None, *,
                 wake = hub.current()
                 if first or fleet.seq > since:
                     first = False
-                    delta = fleet.delta(since)
-                    since = delta["seq"]
-                    yield f"id: {since}\ndata: {json.dumps(delta, separators=(',', ':'))}\n\n"
+                    since, text = delta_text(instance, since)
+                    yield f"id: {since}\ndata: {text}\n\n"
                 try:
                     await asyncio.wait_for(wake.wait(), heartbeat_s)
                 except asyncio.TimeoutError:

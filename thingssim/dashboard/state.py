@@ -138,6 +138,9 @@ class Fleet:
         self.scheduler_seq = 0
         self.broker: dict = {"connected": False, "url": None, "seq": 0}
         self.broker_seq = 0
+        #: a simulation being followed (``thingssim sim --dashboard``): its clock and state
+        self.sim: Optional[dict] = None
+        self.sim_seq = 0
 
     # ================================================================ numbering
     def _next(self) -> int:
@@ -177,6 +180,13 @@ class Fleet:
         self.broker = {**self.broker, "connected": bool(up),
                        **({"url": url} if url else {})}
         self.broker_seq = self._next()
+        self._changed()
+
+    def set_sim(self, info: dict) -> None:
+        """The followed simulation's status (name, simulated ``t``, ``duration``,
+        ``speed``, ``done``...): sent to pages with the next delta."""
+        self.sim = dict(info)
+        self.sim_seq = self._next()
         self._changed()
 
     def engine_changed(self, handle: Any) -> None:
@@ -359,6 +369,8 @@ class Fleet:
             out["scheduler_state"] = self.scheduler_state
         if self.broker_seq > since:
             out["broker"] = self.broker
+        if self.sim_seq > since:
+            out["sim"] = self.sim
         return out
 
     def engine_ids(self) -> Iterable[str]:

@@ -251,8 +251,13 @@ class Scenario:
 
     # ---------------------------------------------------------------- running
     def run(self, seed: int | None = None,
-            on_progress: Callable[[float], None] | None = None) -> Results:
-        return _Runner(self, self.seed if seed is None else seed).run(on_progress)
+            on_progress: Callable[[float], None] | None = None, *,
+            on_world: Callable[[World], None] | None = None, steps: int = 100) -> Results:
+        """Run it (``seed`` overrides its own).  ``on_progress(now)`` is called ``steps``
+        times; ``on_world(world)`` once its dispatcher is started, before time starts (an
+        in-process observer: ``thingssim sim --dashboard``).  Neither changes the results."""
+        return _Runner(self, self.seed if seed is None else seed).run(on_progress, on_world,
+                                                                      steps)
 
     def build_world(self, seed: int | None = None, *, trace: bool | None = None,
                     grants: Iterable[Any] = ()) -> World:
@@ -625,7 +630,8 @@ class _Runner:
         self.instances: dict[str, str] = {}  # scenario program name -> instance id
         self.code_names: dict[str, str] = {}
 
-    def run(self, on_progress: Callable[[float], None] | None) -> Results:
+    def run(self, on_progress: Callable[[float], None] | None,
+            on_world: Callable[[World], None] | None = None, steps: int = 100) -> Results:
         w, s = self.world, self.s
         w.add_dispatcher(**s.dispatcher)
         if s.scheduler is not None:
@@ -635,7 +641,9 @@ class _Runner:
         for action in s.actions:
             w.at(action.at, lambda a=action: self._act(a.type, a.program, a.to))
         s.schedule_faults(w)
-        w.run(s.duration, on_progress)
+        if on_world is not None:
+            on_world(w)
+        w.run(s.duration, on_progress, steps)
         return self._results()
 
     def _start_scheduler(self) -> None:
