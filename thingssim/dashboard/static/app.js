@@ -96,6 +96,7 @@ function pushBounded(list, items, limit) {
 // seconds since an engine's last report, by the server's clock (0 if dead or never)
 function silentFor(e) {
   if (e.status === "dead" || !e.last_seen) return 0;
+  if (S.sim) return S.now - e.last_seen;  // simulated seconds: no wall clock drift
   return Date.now() / 1000 + S.clockOffset - e.last_seen;
 }
 // an engine is marked silent after three of its report periods (at least 2 s)
@@ -144,6 +145,7 @@ function applyDelta(d) {
   }
   if (d.scheduler_state) { S.schedState = d.scheduler_state; S.dirty.add("sched"); }
   if (d.broker) { S.broker = d.broker; S.dirty.add("broker"); }
+  if (d.sim) { S.sim = d.sim; S.dirty.add("sim"); }
   schedule();
 }
 
@@ -184,11 +186,12 @@ function engineCard(e) {
   card.append(metric(cpuLabel, e.samples, 1, "cpu", last ? pct(last[1]) : "-"));
   card.append(metric("mem", e.samples, 2, "mem", last ? bytes(last[2]) : "-"));
   const chips = el("div", { class: "chips" });
+  const readOnly = !!(S.session && S.session.read_only);
   for (const p of S.programs.values()) {
     if (p.engine !== e.id || !["Running", "Paused", "unknown"].includes(p.status)) continue;
     chips.append(el("span", {
-      class: `chip s-${p.status}${S.selected === p.id ? " sel" : ""}`, draggable: "true",
-      "data-program": p.id, title: `${p.id}: ${p.status} (drag onto another engine to migrate)`,
+      class: `chip s-${p.status}${S.selected === p.id ? " sel" : ""}`, draggable: readOnly ? "false" : "true",
+      "data-program": p.id, title: readOnly ? `${p.id}: ${p.status}` : `${p.id}: ${p.status} (drag onto another engine to migrate)`,
       text: p.id, onclick: () => select(p.id),
       ondragstart: (ev) => { S.dragging = p.id; ev.dataTransfer.setData("text/plain", p.id); ev.dataTransfer.effectAllowed = "move"; },
       ondragend: () => { S.dragging = null; schedule(); },
@@ -196,6 +199,7 @@ function engineCard(e) {
   }
   card.append(chips);
   card.title = e.cpu_source === "programs" ? "CPU*: this engine reports no CPU of its own; the sum of its running programs' CPU" : "";
+  if (readOnly) return card;  // a simulation being followed takes no actions
   card.addEventListener("dragover", (ev) => { ev.preventDefault(); card.classList.add("drop"); });
   card.addEventListener("dragleave", () => card.classList.remove("drop"));
   card.addEventListener("drop", (ev) => {
@@ -284,7 +288,8 @@ function programRow(p) {
   tr.append(el("td", { class: "m" }, el("div", { class: "metric" }, sparkline(p.samples, 1, "cpu"), el("span", { class: "value", text: last ? pct(last[1]) : "-" }))));
   tr.append(el("td", { class: "m" }, el("div", { class: "metric" }, sparkline(p.samples, 2, "mem"), el("span", { class: "value", text: last ? bytes(last[2]) : "-" }))));
   const actions = el("td", { class: "actions" });
-  if (live) {
+  if (live && S.session && S.session.read_only) actions.append(el("span", { class: "muted", text: "read-only" }));
+  else if (live) {
     actions.append(p.status === "Paused"
       ? el("button", { class: "resume", text: "resume", onclick: () => act(p.id, "resume") })
       : el("button", { class: "pause", text: "pause", onclick: () => act(p.id, "pause") }));
@@ -394,9 +399,27 @@ function renderLogs() {
     el("li", {}, el("strong", { text: `${l.engine}: ` }), el("span", { text: l.text }))));
 }
 
+// a simulation followed while it runs (thingssim sim --dashboard): its clock, its end
+function renderSim() {
+  const s = S.sim;
+  const speed = s.speed ? `, ${s.speed.toFixed(1)}x real time` : "";
+  let text = `simulated t = ${s.t.toFixed(1)} s of ${s.duration} s${speed}`;
+  if (s.done) text = `${s.error ? "failed" : "finished"}: ${text}${s.error ? ` (${s.error})` : ""}`;
+  $("#simclock").textContent = text;
+  $("#simclock").dataset.done = s.done ? "1" : "";
+  $("#sim-name").textContent = `Simulation ${s.name} (seed ${s.seed})`;
+  const results = s.done && s.results;
+  $("#sim-results").hidden = !results;
+  if (results) {
+    $("#sim-results").textContent = `Open the results of ${s.out}`;
+    document.querySelectorAll(".results-only").forEach((n) => { n.hidden = false; });
+  }
+}
+
 function render() {
   S.frame = 0;
   const view = currentTab();
+  if (S.dirty.has("sim") && S.sim) renderSim();
   if (S.dirty.has("broker") && S.broker) {
     $("#broker").classList.toggle("up", !!S.broker.connected);
     $("#broker-text").textContent = `${S.broker.connected ? "connected" : "disconnected"} ${S.broker.url || ""}`;
@@ -703,6 +726,14 @@ async function start() {
   document.querySelectorAll(".live-only").forEach((n) => { n.hidden = !S.session.live; });
   document.querySelectorAll(".results-only").forEach((n) => { n.hidden = !S.session.results; });
   $("#logout").hidden = !S.session.login;
+  if (S.session.sim) {  // a running simulation: the Fleet view only, read-only
+    S.sim = S.session.sim;
+    document.body.classList.add("sim");
+    for (const sel of ["#broker", "#run-form", 'nav [data-tab="apps"]', 'nav [data-tab="files"]']) $(sel).hidden = true;
+    if (!S.sim.done || !S.sim.results) document.querySelectorAll(".results-only").forEach((n) => { n.hidden = true; });
+    $("#simclock").hidden = false; $("#sim-banner").hidden = false;
+    renderSim();
+  }
   $("#logout").addEventListener("click", async () => { await api("POST", "/logout"); location.href = "/login"; });
   document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => { location.hash = b.dataset.tab; }));
   window.addEventListener("hashchange", showTab);
@@ -715,7 +746,7 @@ async function start() {
   $("#files-mkdir").addEventListener("click", makeFolder);
   $("#results-back").addEventListener("click", () => loadResults());
   if (S.session.live) {
-    connectEvents(); loadCodes();
+    connectEvents(); if (!S.session.sim) loadCodes();
     // an engine that stops reporting sends nothing: look at the silent ones every second
     setInterval(() => {
       for (const e of S.engines.values()) if (silentFor(e) > staleAfter(e)) S.dirtyEngines.add(e.id);
