@@ -234,6 +234,8 @@ def test_the_page_follows_a_running_simulation(page_tools, tmp_path):
             assert phase in migrated
         assert tools.js(b, "return document.querySelectorAll('#programs button').length") \
             == 0
+        assert tools.js(b, "return [...document.querySelectorAll('.chip')]"
+                           ".every(c => c.getAttribute('draggable') === 'false')") is True
         tools.wait_js(b, "const r = document.querySelector('#programs tr[data-status=Running]');"
                          "return r && r.dataset.engine === 'pi3' || r.dataset.engine === "
                          "'zero'", "the program moved", 15)
@@ -247,6 +249,8 @@ def test_the_page_follows_a_running_simulation(page_tools, tmp_path):
                          "return !a.hidden", "the results link at the end", 20)
         assert tools.js(b, "return document.getElementById('simclock').textContent")\
             .startswith("finished: simulated t = 12.0 s of 12 s")
+        speed = tools.js(b, "return window.thingsDashboard.sim.speed")
+        assert 2.5 < speed <= 3.05  # --realtime 3: at most 3 simulated seconds a second
         tools.shoot(b, "simulation")
         tools.click(b, "#sim-results")
         tools.wait_js(b, "return document.querySelectorAll('#timeline-svg line.migration')"
