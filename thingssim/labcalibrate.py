@@ -501,19 +501,20 @@ def fit_calibration(m: LabMeasurements) -> dict[str, Any]:
     for r in m.cold_restores:
         warm = rest_a + rest_b * r["bytes"]
         cold.append(max(0.0, r["seconds"] * get_profile(r["profile"]).cpu_factor - warm))
-    relay = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
-                              for r in m.relay_rates)
+    def per_message(rows: list[dict[str, Any]]) -> float:
+        """The median reference CPU seconds per message of a relay or sink program."""
+        return statistics.median(r["cpu_s_per_message"] * r["machine_factor"] for r in rows)
+
+    relay = per_message(m.relay_rates)
     if m.sink_rates:  # relay = in + event + out, sink = in + event, in = out
-        sink = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
-                                 for r in m.sink_rates)
+        sink = per_message(m.sink_rates)
         message = max(relay - sink, 0.0)
         event = max(sink - message, 0.0)
     else:
         message, event = 0.0, relay
     per_byte = 0.0
     if m.sink_rates and m.sink_big_rates:  # the extra bytes of a large message, per byte
-        big = statistics.median(r["cpu_s_per_message"] * r["machine_factor"]
-                                for r in m.sink_big_rates)
+        big = per_message(m.sink_big_rates)
         extra = (statistics.median(r["bytes"] for r in m.sink_big_rates)
                  - statistics.median(r.get("bytes", 0) for r in m.sink_rates))
         per_byte = max(big - sink, 0.0) / extra if extra > 0 else 0.0

@@ -16,10 +16,9 @@ Cost model (deterministic by default, so one seed gives byte-identical results):
   after its snapshot is taken); program events run on any free core;
 - each message the board's engine sends or receives costs ``message_cost`` plus
   ``message_cost_per_byte`` per payload byte, reference-seconds of that thread (a real
-  worker parses, pipes and encodes it): it is
-  handled, then sent or delivered, once the thread is free.  0 by default (messages
-  cost no CPU: the golden trace and committed results); ``thingssim calibrate
-  --from-lab`` fits it;
+  worker parses, pipes and encodes it): it is handled, then sent or delivered, once the
+  thread is free.  0 by default (messages cost no CPU: the golden trace and committed
+  results); ``thingssim calibrate --from-lab`` fits it;
 - a program holds ``program_base_mb`` plus three times its source or snapshot size; a
   board refuses programs beyond its ``memory_mb``.
 """
@@ -190,7 +189,7 @@ class BoardMeter:
         self._program_mb: dict[int, float] = {}  # id(host) -> MB, in admission order
         self._used_mb = model.engine_base_mb
         self._programs: dict[Any, _ProgramMeter] = {}  # host -> its record
-        self._last_host: Any = None  # see _record_of
+        self._last_host: Any = None  # see _record
         self._last_record: Any = None
         self.engine_busy = 0.0
         self._engine_used: float | None = None
@@ -200,19 +199,12 @@ class BoardMeter:
         self._warm = False
 
     def _record(self, host: Any) -> _ProgramMeter:
+        """``host``'s record (made on first use), kept at hand as the last one asked
+        for: a board mostly runs one program, so the hot paths test ``host is
+        self._last_host`` and skip this dict probe, a likely cache miss, per event."""
         record = self._programs.get(host)
         if record is None:
             record = self._programs[host] = _ProgramMeter()
-        return record
-
-    def _record_of(self, host: Any) -> _ProgramMeter:
-        """``host``'s record; the last one asked for is kept at hand (a board mostly
-        runs one program: no dict probe, a likely cache miss, per event)."""
-        if host is self._last_host:
-            return self._last_record
-        record = self._programs.get(host)
-        if record is None:
-            record = self._record(host)
         self._last_host, self._last_record = host, record
         return record
 
@@ -220,7 +212,7 @@ class BoardMeter:
         board = self.board
         spent = self._event_spent if self._fixed else seconds / board.profile.cpu_factor
         board.occupy(spent)
-        record = self._last_record if host is self._last_host else self._record_of(host)
+        record = self._last_record if host is self._last_host else self._record(host)
         record.busy += spent
         board.cpu_seconds += spent
         board.events += 1
@@ -284,7 +276,7 @@ class BoardMeter:
 
     def program_usage(self, host: Any) -> dict:
         """A program's report body; the same dict object while nothing changed."""
-        record = self._last_record if host is self._last_host else self._record_of(host)
+        record = self._last_record if host is self._last_host else self._record(host)
         busy = record.busy
         record.busy = 0.0
         period = self.board.engine.resource_period or 1.0
