@@ -141,5 +141,6 @@ def test_a_message_costs_per_payload_byte_too():
 
 def test_message_cost_is_validated():
     for name in ("message_cost", "message_cost_per_byte"):
-        with pytest.raises(ValueError, match=name):
-            CostModel(**{name: -1.0})
+        for bad in (-1.0, float("nan"), "x", True):
+            with pytest.raises(ValueError, match=f"{name} must be a number >= 0"):
+                CostModel(**{name: bad})

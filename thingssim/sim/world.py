@@ -73,8 +73,10 @@ class CostModel:
         for name in ("event_cost", "snapshot_cost_per_byte", "restore_cost_per_byte",
                      "snapshot_base_cost", "restore_base_cost", "child_start_cost",
                      "message_cost", "message_cost_per_byte"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"cost model {name} must be >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not value >= 0:
+                raise ValueError(f"cost model {name} must be a number >= 0, got {value!r}")
 
 
 def link_profile(profile: BoardProfile) -> LinkProfile:
