@@ -144,3 +144,23 @@ def test_message_cost_is_validated():
         for bad in (-1.0, float("nan"), "x", True):
             with pytest.raises(ValueError, match=f"{name} must be a number >= 0"):
                 CostModel(**{name: bad})
+
+
+def test_a_freeze_holds_the_messages_waiting_for_the_engine_thread_and_loses_none():
+    world, d = world_with(5e-3)
+    iid = world.wait(d.run_code("dst", "sink", SINK))["id"]
+    pub = feeder(world)
+    settle(world)
+    start = world.env.now
+    for n in range(10):
+        world.at(start + 0.001 * n, lambda n=n: pub.publish("feed", json.dumps(
+            {"n": n}).encode()))
+    board = world.boards["dst"]
+    world.at(start + 0.5, board.freeze)  # while the thread still has the burst queued
+    world.run(start + 3.0)
+    frozen = [int(x) for x in d.programs[iid].console]
+    world.at(world.env.now, board.thaw)
+    world.run(world.env.now + 30.0)
+    lines = [int(x) for x in d.programs[iid].console]
+    assert len(frozen) < 10  # the freeze caught some still waiting
+    assert lines == list(range(10))  # then every one, once, in order
